@@ -1,0 +1,70 @@
+"""Tensor math of a Fast Forward stage, on plain lists of tensors.
+
+Every function takes parallel lists (``params[i]``, ``anchor[i]`` and ``delta[i]`` have one shape,
+dtype and device) and mutates only the list named first. ``foreach=True`` uses the multi-tensor
+``torch._foreach_*`` kernels; ``False`` loops over the tensors one at a time, which gives the same
+bits and exists for tensor types without ``_foreach`` support.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _copy_(dst: list[Tensor], src: list[Tensor], *, foreach: bool) -> None:
+    """``dst[i] <- src[i]``, bit for bit."""
+    if foreach:
+        torch._foreach_copy_(dst, src)
+    else:
+        for d, s in zip(dst, src, strict=True):
+            d.copy_(s)
+
+
+def _delta_from_snapshot_(snapshot: list[Tensor], params: list[Tensor], *, foreach: bool) -> None:
+    """Turn a snapshot of ``W_{n-1}`` into ``Δ = W_n - W_{n-1}`` in place (Eq. 2).
+
+    ``-(a - b)`` is exactly ``b - a`` in IEEE arithmetic, so no extra rounding is introduced.
+    """
+    if foreach:
+        torch._foreach_sub_(snapshot, params)
+        torch._foreach_neg_(snapshot)
+    else:
+        for s, p in zip(snapshot, params, strict=True):
+            s.sub_(p).neg_()
+
+
+def _set_point_(
+    params: list[Tensor], anchor: list[Tensor], delta: list[Tensor], tau: int, *, foreach: bool
+) -> None:
+    """``params <- anchor + tau * delta``, computed from the anchor, never incrementally.
+
+    Moving to the same ``tau`` twice therefore writes the same bits, which is what makes rollback
+    exact, and rounding does not accumulate over long stages in low precision. ``tau == 0``
+    restores the anchor itself (``x + 0 * d`` is not always ``x``: ``-0.0``, ``inf * 0``).
+    """
+    _copy_(params, anchor, foreach=foreach)
+    if tau == 0:
+        return
+    if foreach:
+        torch._foreach_add_(params, delta, alpha=tau)
+    else:
+        for p, d in zip(params, delta, strict=True):
+            p.add_(d, alpha=tau)
+
+
+def _max_abs(tensors: list[Tensor]) -> float:
+    """Largest ``|x|`` over all elements of all tensors: 0.0 if all are zero, NaN or inf if any is.
+
+    One host-device synchronisation, whatever the number of tensors.
+    """
+    nonempty = [t for t in tensors if t.numel() > 0]
+    if not nonempty:
+        return 0.0
+    norms = torch._foreach_norm(nonempty, ord=math.inf)
+    # Widen, never narrow: a float64 update of 1e-163 must not round to a float32 zero.
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    device = norms[0].device
+    return float(torch.stack([n.to(device=device, dtype=dtype) for n in norms]).max())

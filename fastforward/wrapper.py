@@ -1,0 +1,453 @@
+"""The :class:`FastForward` optimizer wrapper."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, overload
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fastforward import _keys
+from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
+from fastforward._stage import _linear_search, _Ray
+from fastforward._stats import FastForwardStats, StageRecord
+
+logger = logging.getLogger("fastforward")
+
+ValClosure = Callable[[], "float | Tensor"]
+StageCallback = Callable[[StageRecord], None]
+
+
+class FastForward(Optimizer):
+    r"""Wrap an optimizer; every ``interval`` steps, repeat its last step while that helps.
+
+    Fast Forward (Rahamim et al., 2024) alternates ordinary optimizer steps with *stages*. Right
+    after optimizer step ``n`` (counting from 1) with ``n > warmup`` and ``(n - warmup) %
+    interval == 0``, a stage takes the last update of every trainable parameter and searches
+    along it, judged by the loss on a tiny validation set:
+
+    .. math::
+
+        \Delta = W_n - W_{n-1}, \qquad
+        L_\tau = \mathcal{L}_{val}(W_n + \tau\Delta), \quad \tau = 0, 1, 2, \dots
+
+    The search stops at the first ``τ`` whose loss is not strictly below the best so far, at a
+    non-finite loss, or at ``max_tau``; the parameters are then left **bitwise** at the best point
+    evaluated, ``W_n`` itself if ``τ = 1`` did not improve on ``L_0``. So a stage never leaves the
+    validation loss above where it started, also when ``val_closure`` raises (the exception
+    propagates after the rollback, and training can go on). Stages never touch the wrapped
+    optimizer's state, gradients or learning rates, and are not optimizer steps. A step whose
+    ``Δ`` is all zero or not finite (for example one skipped by a ``GradScaler``) runs no stage.
+
+    Give-up rule (paper §5.1): after ``patience`` stages in a row in which ``τ = 1`` did not
+    improve, Fast Forward switches itself off for good and the wrapper behaves exactly like the
+    bare optimizer.
+
+    The wrapper *is* a :class:`torch.optim.Optimizer`: it shares ``param_groups``, ``state`` and
+    ``defaults`` with the wrapped optimizer (the same objects), so LR schedulers, gradient
+    clipping and ``torch.amp.GradScaler`` act on the wrapped optimizer through it. Which
+    parameters a stage moves is read from ``param_groups`` at each stage (every tensor with
+    ``requires_grad``), so ``add_param_group`` and freezing later are honoured.
+
+    Args:
+        optimizer: The optimizer to wrap, e.g. ``torch.optim.AdamW(lora_params, lr=4e-5)``.
+        model: The module being trained. Stages put it in ``eval()`` mode while they evaluate and
+            restore every submodule's mode afterwards.
+        val_closure: Zero-argument callable returning the loss on the tiny validation set (the
+            paper uses 32 examples) as a Python number or a 0-dim tensor. Called under
+            ``torch.no_grad()`` with the model in eval mode; it must not change the parameters.
+        interval: Optimizer steps between stages (default: 6, as in the paper).
+        warmup: Optimizer steps before the schedule starts (default: 0). The first stage runs after
+            step ``warmup + interval``.
+        max_tau: Upper bound on the simulated steps of one stage; it guarantees termination on a
+            loss that keeps falling (default: 1000).
+        patience: Stages in a row with ``τ = 1`` not improving before Fast Forward gives up for
+            good; ``None`` never gives up (default: 3, as in the paper).
+        enabled: ``False`` turns stages off: the wrapper is then bitwise the bare optimizer. May be
+            changed between steps through the attribute of the same name (default: ``True``).
+        on_stage: Called with the :class:`StageRecord` of every stage that ran (default: ``None``).
+        foreach: Use the multi-tensor ``torch._foreach_*`` kernels; ``None`` means yes. ``False``
+            loops over tensors, for tensor types without ``_foreach`` support (default: ``None``).
+
+    Example:
+        >>> import torch
+        >>> from fastforward import FastForward
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = torch.nn.Linear(4, 1)
+        >>> x, y = torch.randn(64, 4), torch.randn(64, 1)
+        >>> loss_fn = lambda: torch.nn.functional.mse_loss(model(x), y)
+        >>> adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+        >>> ff = FastForward(adam, model, val_closure=loss_fn, interval=6)
+        >>> for _ in range(12):
+        ...     loss_fn().backward()
+        ...     ff.step()
+        ...     ff.zero_grad()
+        >>> ff.stats.optimizer_steps, ff.stats.stages
+        (12, 2)
+
+    References:
+        Rahamim, Saphra, Kangaslahti, Belinkov. *Fast Forwarding Low-Rank Training.* EMNLP 2024.
+
+    .. note::
+        Memory: two extra copies of the trainable parameters (``W_n`` and ``Δ``), allocated at the
+        first stage on each parameter's device and dtype and reused; freed when Fast Forward gives
+        up. With LoRA that is a few MB; for full-rank training it is ``2 * param_bytes``.
+
+    .. warning::
+        Fast Forward helps low-rank finetuning (LoRA, DoRA). On full-rank training the paper finds
+        that even ``τ = 1`` usually increases the loss; the give-up rule then turns it off.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        model: nn.Module,
+        val_closure: ValClosure,
+        interval: int = 6,
+        *,
+        warmup: int = 0,
+        max_tau: int = 1000,
+        patience: int | None = 3,
+        enabled: bool = True,
+        on_stage: StageCallback | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        _check_kinds(optimizer, model, val_closure, on_stage)
+        _check_hyperparameters(interval=interval, warmup=warmup, max_tau=max_tau, patience=patience)
+        # Optimizer.__init__ sets up hooks and profiling; it gets copies of the group dicts so
+        # that it cannot touch the wrapped optimizer's, and its containers are replaced below.
+        super().__init__([dict(group) for group in optimizer.param_groups], optimizer.defaults)
+        self.optimizer = optimizer
+        self._share_base_containers()
+        if not self._trainable_params():
+            raise ValueError(
+                "fastforward: optimizer has no parameter with requires_grad=True; "
+                "pass the optimizer of the trainable (e.g. LoRA) parameters"
+            )
+        self.model = model
+        self.val_closure = val_closure
+        self.interval, self.warmup = interval, warmup
+        self.max_tau, self.patience = max_tau, patience
+        self.enabled = enabled
+        self.on_stage = on_stage
+        self.foreach = True if foreach is None else foreach
+        self.stats = FastForwardStats()
+        self._gave_up = False
+        self._failed_stages_in_a_row = 0
+        self._stage_params: list[Tensor] = []
+        self._anchor: list[Tensor] = []  # W_n in a stage
+        self._delta: list[Tensor] = []  # W_{n-1} between snapshot and step, then Δ
+
+    @property
+    def active(self) -> bool:
+        """Whether stages will still run: enabled and not given up."""
+        return self.enabled and not self._gave_up
+
+    def __repr__(self) -> str:
+        return (
+            f"FastForward(interval={self.interval}, warmup={self.warmup}, max_tau={self.max_tau}, "
+            f"patience={self.patience}, active={self.active},\n{self.optimizer!r})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Optimizer.__getstate__ keeps only defaults/state/param_groups: copies would lose us.
+        return dict(self.__dict__)
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Take one step of the wrapped optimizer, then a Fast Forward stage if one is due.
+
+        Args:
+            closure: Passed to the wrapped optimizer's ``step`` exactly once, as it is. It is the
+                training closure; stages use ``val_closure`` instead.
+
+        Returns:
+            What the wrapped optimizer's ``step`` returned (the closure's loss, if given).
+        """
+        stage_due = self._stage_due(self.stats.optimizer_steps + 1)
+        if stage_due:
+            self._snapshot_()
+        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        self.stats.optimizer_steps += 1
+        if stage_due:
+            self._stage()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Delegate to the wrapped optimizer's ``zero_grad``."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the wrapped optimizer; later stages move its trainable tensors too."""
+        if "optimizer" not in self.__dict__:
+            # Called by Optimizer.__init__ on our private copies of the base's groups.
+            super().add_param_group(param_group)
+            return
+        self.optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's ``state_dict()`` plus one entry with the wrapper's own state.
+
+        The extra entry, ``"fastforward"``, holds the step and stage counters, the give-up state,
+        the hyperparameters and the stage history, as plain dicts, lists and numbers, so the
+        result loads with ``torch.load(..., weights_only=True)``. The step buffers are not saved:
+        they are refilled before each stage, so a checkpoint taken between steps resumes bitwise.
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state_dict = self.optimizer.state_dict()
+        state_dict[_keys.WRAPPER] = self._wrapper_state()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            hooked = post_hook(self, state_dict)
+            if hooked is not None:
+                state_dict = hooked
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a dict from :meth:`state_dict` (the caller's dict is not modified).
+
+        Also accepts a bare ``state_dict()`` of the wrapped optimizer's class, as when Fast
+        Forward is added to a run midway; the wrapper's counters then start from zero.
+        """
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            hooked = pre_hook(self, state_dict)
+            if hooked is not None:
+                state_dict = hooked
+        base_state = dict(state_dict)
+        wrapper_state = base_state.pop(_keys.WRAPPER, None)
+        self.optimizer.load_state_dict(base_state)
+        # Optimizer.load_state_dict replaces the base's containers with new objects.
+        self._share_base_containers()
+        if wrapper_state is None:
+            logger.warning(
+                "fastforward: the loaded state_dict has no %r entry (saved from a bare "
+                "optimizer?); the Fast Forward schedule restarts from step 0",
+                _keys.WRAPPER,
+            )
+        else:
+            self._load_wrapper_state(wrapper_state)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _share_base_containers(self) -> None:
+        self.param_groups = self.optimizer.param_groups
+        self.state = self.optimizer.state
+        self.defaults = self.optimizer.defaults
+
+    def _trainable_params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def _stage_due(self, step: int) -> bool:
+        return self.active and step > self.warmup and (step - self.warmup) % self.interval == 0
+
+    def _snapshot_(self) -> None:
+        """Before the step that a stage follows: record ``W_{n-1}`` in the Δ buffers."""
+        params = self._trainable_params()
+        if not _buffers_fit(params, self._stage_params, self._delta):
+            self._stage_params = params
+            self._anchor = [torch.empty_like(p) for p in params]
+            self._delta = [torch.empty_like(p) for p in params]
+        with torch.no_grad():
+            _copy_(self._delta, params, foreach=self.foreach)
+
+    @torch.no_grad()
+    def _stage(self) -> None:
+        """After step ``n``: search along Δ and land on the best point."""
+        params, anchor, delta = self._stage_params, self._anchor, self._delta
+        step = self.stats.optimizer_steps
+        _delta_from_snapshot_(delta, params, foreach=self.foreach)
+        size = _max_abs(delta)
+        if size == 0.0:
+            # A step the base optimizer skipped: nothing to extrapolate, nothing wrong.
+            self._skip_stage(step, "the last update is zero", logging.INFO)
+            return
+        if not size < math.inf:
+            self._skip_stage(step, "the last update is not finite", logging.WARNING)
+            return
+        _copy_(anchor, params, foreach=self.foreach)
+        ray = _Ray(params, anchor, delta, self._validation_loss, foreach=self.foreach)
+        started = time.perf_counter()
+        try:
+            with _eval_mode(self.model):
+                try:
+                    if math.isfinite(ray.evaluate(0)):
+                        _linear_search(ray, self.max_tau)
+                finally:
+                    ray.land_()
+        finally:
+            self.stats.evaluations += ray.evaluations
+            self.stats.stage_seconds += time.perf_counter() - started
+        if not math.isfinite(ray.loss_at_anchor):
+            loss = ray.loss_at_anchor
+            self._skip_stage(step, f"the validation loss at W_n is {loss}", logging.WARNING)
+            return
+        self._record_stage(
+            StageRecord(
+                step=step,
+                tau=ray.best_tau,
+                loss_before=ray.loss_at_anchor,
+                loss_after=ray.best_loss,
+                evaluations=ray.evaluations,
+                seconds=time.perf_counter() - started,
+            )
+        )
+
+    def _validation_loss(self) -> float:
+        return _as_loss(self.val_closure())
+
+    def _skip_stage(self, step: int, reason: str, level: int) -> None:
+        self.stats.skipped_stages += 1
+        logger.log(level, "fastforward: no stage after step %d: %s", step, reason)
+
+    def _record_stage(self, record: StageRecord) -> None:
+        stats = self.stats
+        stats.stages += 1
+        stats.simulated_steps += record.tau
+        stats.history.append(record)
+        logger.info(
+            "fastforward: stage after step %d: tau=%d, val loss %.6g -> %.6g (%d evaluations)",
+            record.step,
+            record.tau,
+            record.loss_before,
+            record.loss_after,
+            record.evaluations,
+        )
+        self._failed_stages_in_a_row = self._failed_stages_in_a_row + 1 if record.tau == 0 else 0
+        if self.patience is not None and self._failed_stages_in_a_row >= self.patience:
+            self._give_up(record.step)
+        if self.on_stage is not None:
+            self.on_stage(record)
+
+    def _give_up(self, step: int) -> None:
+        self._gave_up = True
+        self.stats.gave_up_at_step = step
+        self._stage_params, self._anchor, self._delta = [], [], []
+        logger.info(
+            "fastforward: %d stages in a row did not improve at tau=1; "
+            "Fast Forward is off from step %d on",
+            self._failed_stages_in_a_row,
+            step,
+        )
+
+    def _wrapper_state(self) -> dict[str, Any]:
+        return {
+            _keys.VERSION: _keys.FORMAT_VERSION,
+            _keys.HYPERPARAMETERS: {
+                "interval": self.interval,
+                "warmup": self.warmup,
+                "max_tau": self.max_tau,
+                "patience": self.patience,
+            },
+            _keys.ENABLED: self.enabled,
+            _keys.GAVE_UP: self._gave_up,
+            _keys.FAILED_STAGES_IN_A_ROW: self._failed_stages_in_a_row,
+            _keys.STATS: self.stats.to_dict(),
+        }
+
+    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
+        version = state.get(_keys.VERSION)
+        if version != _keys.FORMAT_VERSION:
+            raise ValueError(
+                f"fastforward: state_dict format version {version!r} is not supported "
+                f"(this version reads {_keys.FORMAT_VERSION})"
+            )
+        hyperparameters = state[_keys.HYPERPARAMETERS]
+        _check_hyperparameters(**hyperparameters)
+        for name, value in hyperparameters.items():
+            setattr(self, name, value)
+        self.enabled = bool(state[_keys.ENABLED])
+        self._gave_up = bool(state[_keys.GAVE_UP])
+        self._failed_stages_in_a_row = int(state[_keys.FAILED_STAGES_IN_A_ROW])
+        self.stats = FastForwardStats.from_dict(state[_keys.STATS])
+
+
+def _check_kinds(optimizer: object, model: object, val_closure: object, on_stage: object) -> None:
+    if isinstance(optimizer, FastForward):
+        raise TypeError("fastforward: optimizer is already a FastForward; wrap the bare optimizer")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            "fastforward: optimizer must be a torch.optim.Optimizer, "
+            f"got {type(optimizer).__name__}"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fastforward: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(val_closure):
+        raise TypeError(
+            "fastforward: val_closure must be a zero-argument callable returning the validation "
+            f"loss, got {type(val_closure).__name__}"
+        )
+    if on_stage is not None and not callable(on_stage):
+        raise TypeError(
+            f"fastforward: on_stage must be callable or None, got {type(on_stage).__name__}"
+        )
+
+
+def _check_hyperparameters(
+    *, interval: object, warmup: object, max_tau: object, patience: object
+) -> None:
+    _check_int("interval", interval, 1)
+    _check_int("warmup", warmup, 0)
+    _check_int("max_tau", max_tau, 1)
+    if patience is not None:
+        _check_int("patience", patience, 1)
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"fastforward: {name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"fastforward: {name} must be >= {low}, got {value}")
+
+
+def _as_loss(value: object) -> float:
+    """The validation loss as a float; ``TypeError`` for anything but a scalar."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0:
+            raise TypeError(
+                "fastforward: val_closure must return a Python number or a 0-dim tensor, got a "
+                f"tensor of shape {tuple(value.shape)}; reduce it, e.g. with .mean()"
+            )
+        return float(value.detach())
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(
+        "fastforward: val_closure must return a Python number or a 0-dim tensor, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _buffers_fit(params: list[Tensor], owners: list[Tensor], buffers: list[Tensor]) -> bool:
+    """Whether ``buffers``, made for ``owners``, can serve ``params``.
+
+    ``model.to(...)`` changes a parameter's device or dtype in place, so identity is not enough.
+    """
+    return len(params) == len(owners) and all(
+        p is owner and p.shape == b.shape and p.dtype == b.dtype and p.device == b.device
+        for p, owner, b in zip(params, owners, buffers, strict=True)
+    )
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode; afterwards restore each submodule's own ``training`` flag."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(modes[0][1])
+        for module, training in modes:
+            module.training = training

@@ -1,0 +1,129 @@
+"""state_dict round trips: resume is bitwise, and the dict is plain data."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from reference import bitwise_equal
+from strategies import Quadratic, fixed_quadratic, quadratics
+
+from fastforward import FastForward
+
+
+def _make(spec, *, interval=3, patience=None):
+    model = Quadratic(spec)
+    adam = torch.optim.Adam([model.x], lr=0.02)
+    return model, FastForward(adam, model, model, interval, patience=patience)
+
+
+def _train(model, ff, steps):
+    for _ in range(steps):
+        model().backward()
+        ff.step()
+        ff.zero_grad()
+
+
+def _through_disk(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def _comparable(stats):
+    totals = stats.to_dict()
+    del totals["stage_seconds"]
+    for record in totals["history"]:
+        del record["seconds"]
+    return totals
+
+
+@given(
+    spec=quadratics(),
+    saved_at=st.integers(0, 14),
+    more=st.integers(1, 14),
+    patience=st.sampled_from([None, 1, 2]),
+)
+def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(spec, saved_at, more, patience):
+    assume(not np.array_equal(spec.x0, spec.x_star))
+    model, ff = _make(spec, patience=patience)
+    _train(model, ff, saved_at + more)
+
+    first_model, first = _make(spec, patience=patience)
+    _train(first_model, first, saved_at)
+    checkpoint = _through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
+    resumed_model, resumed = _make(fixed_quadratic(dim=spec.dim), interval=5, patience=3)
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed.load_state_dict(checkpoint["optim"])
+    _train(resumed_model, resumed, more)
+
+    assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
+    assert _comparable(resumed.stats) == _comparable(ff.stats)
+    assert (resumed.interval, resumed.patience, resumed.active) == (3, patience, ff.active)
+
+
+def test_state_dict_is_the_base_state_dict_plus_one_plain_entry():
+    model, ff = _make(fixed_quadratic())
+    _train(model, ff, 7)
+    state_dict = ff.state_dict()
+    base = ff.optimizer.state_dict()
+    assert set(state_dict) == set(base) | {"fastforward"}
+    assert state_dict["param_groups"] == base["param_groups"]
+
+    def plain(value):
+        if isinstance(value, dict):
+            return type(value) is dict and all(plain(v) for v in value.values())
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (bool, int, float, str, torch.Tensor))
+
+    assert plain(state_dict["fastforward"])
+    assert state_dict["fastforward"]["stats"]["stages"] == 2
+
+
+def test_loading_does_not_modify_the_callers_dict_and_keeps_containers_shared():
+    model, ff = _make(fixed_quadratic())
+    _train(model, ff, 4)
+    state_dict = ff.state_dict()
+    keys = set(state_dict)
+    ff.load_state_dict(state_dict)
+    assert set(state_dict) == keys
+    assert ff.param_groups is ff.optimizer.param_groups
+    assert ff.state is ff.optimizer.state
+
+
+def test_bare_optimizer_state_dict_loads_and_restarts_the_schedule(caplog):
+    model, ff = _make(fixed_quadratic())
+    bare_model = Quadratic(fixed_quadratic())
+    bare = torch.optim.Adam([bare_model.x], lr=0.02)
+    for _ in range(4):
+        bare_model().backward()
+        bare.step()
+    ff.load_state_dict(bare.state_dict())
+    assert "no 'fastforward' entry" in caplog.text
+    assert ff.stats.optimizer_steps == 0
+    assert torch.equal(ff.state[model.x]["exp_avg"], bare.state[bare_model.x]["exp_avg"])
+
+
+def test_unknown_format_version_is_rejected():
+    _model, ff = _make(fixed_quadratic())
+    state_dict = ff.state_dict()
+    state_dict["fastforward"]["version"] = 99
+    with pytest.raises(ValueError, match="format version 99 is not supported"):
+        ff.load_state_dict(state_dict)
+
+
+def test_state_dict_hooks_registered_on_the_wrapper_run():
+    _model, ff = _make(fixed_quadratic())
+    calls = []
+    ff.register_state_dict_pre_hook(lambda opt: calls.append(("save-pre", opt)))
+    ff.register_state_dict_post_hook(lambda opt, sd: calls.append(("save-post", opt)))
+    ff.register_load_state_dict_pre_hook(lambda opt, sd: calls.append(("load-pre", opt)))
+    ff.register_load_state_dict_post_hook(lambda opt: calls.append(("load-post", opt)))
+    ff.load_state_dict(ff.state_dict())
+    assert calls == [("save-pre", ff), ("save-post", ff), ("load-pre", ff), ("load-post", ff)]
