@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fastforward import _keys
+from fastforward._distributed import _collective_device, _max_across_ranks, _mean_across_ranks
 from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
 from fastforward._stage import _linear_search, _Ray
 from fastforward._stats import FastForwardStats, StageRecord
@@ -75,6 +76,10 @@ class FastForward(Optimizer):
         on_stage: Called with the :class:`StageRecord` of every stage that ran (default: ``None``).
         foreach: Use the multi-tensor ``torch._foreach_*`` kernels; ``None`` means yes. ``False``
             loops over tensors, for tensor types without ``_foreach`` support (default: ``None``).
+        process_group: When ``torch.distributed`` is initialized, the validation loss is averaged
+            and the size of Δ maximised over this group (``None``: the default group), so that
+            every rank accepts the same τ and runs the same number of forward passes. All ranks
+            must therefore step together, as they do under DDP and FSDP (default: ``None``).
 
     Example:
         >>> import torch
@@ -119,8 +124,10 @@ class FastForward(Optimizer):
         enabled: bool = True,
         on_stage: StageCallback | None = None,
         foreach: bool | None = None,
+        process_group: Any = None,
     ) -> None:
         _check_kinds(optimizer, model, val_closure, on_stage)
+        _refuse_deferred_parameter_updates(optimizer)
         _check_hyperparameters(interval=interval, warmup=warmup, max_tau=max_tau, patience=patience)
         # Optimizer.__init__ sets up hooks and profiling; it gets copies of the group dicts so
         # that it cannot touch the wrapped optimizer's, and its containers are replaced below.
@@ -139,6 +146,7 @@ class FastForward(Optimizer):
         self.enabled = enabled
         self.on_stage = on_stage
         self.foreach = True if foreach is None else foreach
+        self.process_group = process_group
         self.stats = FastForwardStats()
         self._gave_up = False
         self._failed_stages_in_a_row = 0
@@ -269,7 +277,7 @@ class FastForward(Optimizer):
         params, anchor, delta = self._stage_params, self._anchor, self._delta
         step = self.stats.optimizer_steps
         _delta_from_snapshot_(delta, params, foreach=self.foreach)
-        size = _max_abs(delta)
+        size = _max_across_ranks(_max_abs(delta), self._collective_device(), self.process_group)
         if size == 0.0:
             # A step the base optimizer skipped: nothing to extrapolate, nothing wrong.
             self._skip_stage(step, "the last update is zero", logging.INFO)
@@ -306,7 +314,11 @@ class FastForward(Optimizer):
         )
 
     def _validation_loss(self) -> float:
-        return _as_loss(self.val_closure())
+        loss = _as_loss(self.val_closure())
+        return _mean_across_ranks(loss, self._collective_device(), self.process_group)
+
+    def _collective_device(self) -> torch.device:
+        return _collective_device(self.process_group, self._stage_params[0].device)
 
     def _skip_stage(self, step: int, reason: str, level: int) -> None:
         self.stats.skipped_stages += 1
@@ -392,6 +404,19 @@ def _check_kinds(optimizer: object, model: object, val_closure: object, on_stage
     if on_stage is not None and not callable(on_stage):
         raise TypeError(
             f"fastforward: on_stage must be callable or None, got {type(on_stage).__name__}"
+        )
+
+
+def _refuse_deferred_parameter_updates(optimizer: Optimizer) -> None:
+    """DeepSpeed ZeRO steps flat partitions and copies them into the model after ``step()``.
+
+    A stage inside ``step()`` would read and write stale weights, so refuse it outright.
+    """
+    if type(optimizer).__module__.split(".")[0] == "deepspeed":
+        raise TypeError(
+            f"fastforward: {type(optimizer).__name__} is a DeepSpeed optimizer, which updates the "
+            "model only after step() returns, so a Fast Forward stage would see stale weights; "
+            "wrap a torch.optim optimizer and use DDP or FSDP instead"
         )
 
 

@@ -1,0 +1,52 @@
+"""Agreement across ranks: every rank must take the same stage decisions.
+
+Under DDP each rank evaluates the validation closure on its own data; under FSDP each rank also
+holds only a shard of Δ. If ranks decided alone they could accept different τ, run different
+numbers of forward passes and deadlock in the next collective. These helpers reduce the two
+numbers a stage decides on, so that all ranks see the same values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def _world(group: Any) -> int:
+    """Number of ranks to agree with: 1 when torch.distributed is not in use."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return int(dist.get_world_size(group))
+
+
+def _collective_device(group: Any, tensor_device: torch.device) -> torch.device:
+    """Where a reduction's tensor must live: the CPU for gloo, the parameters' device otherwise."""
+    if _world(group) > 1 and dist.get_backend(group) == "gloo":
+        return torch.device("cpu")
+    return tensor_device
+
+
+def _mean_across_ranks(value: float, device: torch.device, group: Any) -> float:
+    """The mean of ``value`` over the ranks of ``group`` (NaN anywhere gives NaN everywhere)."""
+    world = _world(group)
+    if world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return float(total) / world
+
+
+def _max_across_ranks(value: float, device: torch.device, group: Any) -> float:
+    """The largest ``value`` over the ranks of ``group``, NaN if any rank has NaN."""
+    if _world(group) == 1:
+        return value
+    # MAX does not reliably propagate NaN, so non-finiteness travels as a separate flag.
+    finite = math.isfinite(value)
+    flags = [value if finite else 0.0, 0.0 if finite else 1.0]
+    both = torch.tensor(flags, dtype=torch.float64, device=device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    largest, any_nonfinite = both.tolist()
+    return math.nan if any_nonfinite else largest
