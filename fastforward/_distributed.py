@@ -13,6 +13,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.4
+    DTensor = None  # type: ignore[assignment,misc]
 
 
 def _world(group: Any) -> int:
@@ -50,3 +56,15 @@ def _max_across_ranks(value: float, device: torch.device, group: Any) -> float:
     dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
     largest, any_nonfinite = both.tolist()
     return math.nan if any_nonfinite else largest
+
+
+def _local_shard(param: Tensor) -> Tensor:
+    """The tensor a stage works on: this rank's shard for an FSDP2 ``DTensor``, else ``param``.
+
+    Every stage operation is elementwise, so moving each rank's local shard moves the whole
+    parameter exactly, without the collectives (or missing sharding rules) of ``DTensor`` ops.
+    In-place writes to the returned tensor write the parameter.
+    """
+    if DTensor is not None and isinstance(param, DTensor):
+        return param.to_local()
+    return param

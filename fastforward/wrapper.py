@@ -6,8 +6,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, overload
 
 import torch
@@ -15,8 +14,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fastforward import _keys
-from fastforward._distributed import _collective_device, _max_across_ranks, _mean_across_ranks
+from fastforward._distributed import (
+    _collective_device,
+    _local_shard,
+    _max_across_ranks,
+    _mean_across_ranks,
+)
 from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
+from fastforward._modes import _eval_mode
 from fastforward._stage import _linear_search, _Ray
 from fastforward._stats import FastForwardStats, StageRecord
 
@@ -150,7 +155,8 @@ class FastForward(Optimizer):
         self.stats = FastForwardStats()
         self._gave_up = False
         self._failed_stages_in_a_row = 0
-        self._stage_params: list[Tensor] = []
+        self._stage_owners: list[Tensor] = []  # the parameters a stage moves
+        self._stage_params: list[Tensor] = []  # what it writes: their local shards
         self._anchor: list[Tensor] = []  # W_n in a stage
         self._delta: list[Tensor] = []  # W_{n-1} between snapshot and step, then Δ
 
@@ -263,11 +269,13 @@ class FastForward(Optimizer):
 
     def _snapshot_(self) -> None:
         """Before the step that a stage follows: record ``W_{n-1}`` in the Δ buffers."""
-        params = self._trainable_params()
-        if not _buffers_fit(params, self._stage_params, self._delta):
-            self._stage_params = params
+        owners = self._trainable_params()
+        params = [_local_shard(p) for p in owners]
+        if not _buffers_fit(owners, self._stage_owners, params, self._delta):
+            self._stage_owners = owners
             self._anchor = [torch.empty_like(p) for p in params]
             self._delta = [torch.empty_like(p) for p in params]
+        self._stage_params = params
         with torch.no_grad():
             _copy_(self._delta, params, foreach=self.foreach)
 
@@ -346,7 +354,7 @@ class FastForward(Optimizer):
     def _give_up(self, step: int) -> None:
         self._gave_up = True
         self.stats.gave_up_at_step = step
-        self._stage_params, self._anchor, self._delta = [], [], []
+        self._stage_owners, self._stage_params, self._anchor, self._delta = [], [], [], []
         logger.info(
             "fastforward: %d stages in a row did not improve at tau=1; "
             "Fast Forward is off from step %d on",
@@ -454,25 +462,14 @@ def _as_loss(value: object) -> float:
     )
 
 
-def _buffers_fit(params: list[Tensor], owners: list[Tensor], buffers: list[Tensor]) -> bool:
-    """Whether ``buffers``, made for ``owners``, can serve ``params``.
+def _buffers_fit(
+    owners: list[Tensor], previous_owners: list[Tensor], params: list[Tensor], buffers: list[Tensor]
+) -> bool:
+    """Whether ``buffers``, made for ``previous_owners``, can serve ``owners`` (shards ``params``).
 
     ``model.to(...)`` changes a parameter's device or dtype in place, so identity is not enough.
     """
-    return len(params) == len(owners) and all(
-        p is owner and p.shape == b.shape and p.dtype == b.dtype and p.device == b.device
-        for p, owner, b in zip(params, owners, buffers, strict=True)
+    return len(owners) == len(previous_owners) and all(
+        owner is previous and p.shape == b.shape and p.dtype == b.dtype and p.device == b.device
+        for owner, previous, p, b in zip(owners, previous_owners, params, buffers, strict=True)
     )
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode; afterwards restore each submodule's own ``training`` flag."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(modes[0][1])
-        for module, training in modes:
-            module.training = training

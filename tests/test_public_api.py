@@ -2,7 +2,12 @@ import fastforward
 
 
 def test_public_names_are_pinned():
-    assert sorted(fastforward.__all__) == ["FastForward", "FastForwardStats", "StageRecord"]
+    assert sorted(fastforward.__all__) == [
+        "FastForward",
+        "FastForwardStats",
+        "StageRecord",
+        "validation_closure",
+    ]
 
 
 def test_every_public_name_is_documented():

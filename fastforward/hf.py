@@ -1,0 +1,53 @@
+"""Hugging Face ``transformers.Trainer`` support: log Fast Forward's counters with the metrics.
+
+Requires ``transformers`` (``pip install fastforward[peft]``). Usage::
+
+    adamw = torch.optim.AdamW(lora_params, lr=4e-5)
+    ff = FastForward(adamw, model, validation_closure(model, [val_batch]))
+    scheduler = transformers.get_linear_schedule_with_warmup(ff, 10, total_steps)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=train,
+                                   optimizers=(ff, scheduler), callbacks=[FastForwardCallback(ff)])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from fastforward.wrapper import FastForward
+
+
+class FastForwardCallback(TrainerCallback):
+    """Add ``ff/*`` counters to every Trainer log entry (console, ``log_history``, trackers).
+
+    Args:
+        ff: The wrapper passed to ``Trainer(optimizers=(ff, scheduler))``.
+    """
+
+    def __init__(self, ff: FastForward) -> None:
+        self.ff = ff
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Called by the Trainer after it logs; adds the counters to that entry."""
+        if logs is None:
+            return
+        stats = self.ff.stats
+        counters = {
+            "ff/stages": stats.stages,
+            "ff/simulated_steps": stats.simulated_steps,
+            "ff/evaluations": stats.evaluations,
+            "ff/stage_seconds": round(stats.stage_seconds, 3),
+            "ff/active": int(self.ff.active),
+        }
+        logs.update(counters)
+        # Trainer appended this entry to log_history before calling us.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(counters)

@@ -1,0 +1,83 @@
+"""torch.compile'd models and FSDP2-sharded models as the thing being trained."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from reference import bitwise_equal
+
+from fastforward import FastForward
+
+
+def _model_and_data():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    return model, x, x.sum(1, keepdim=True)
+
+
+def test_compiled_model_in_training_and_in_the_validation_closure():
+    model, x, y = _model_and_data()
+    compiled = torch.compile(model, backend="eager")  # the graph capture, without a C++ build
+    loss_fn = lambda: torch.nn.functional.mse_loss(compiled(x), y)  # noqa: E731
+    ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), compiled, loss_fn, interval=3)
+    eager_model, _, _ = _model_and_data()
+    eager_loss = lambda: torch.nn.functional.mse_loss(eager_model(x), y)  # noqa: E731
+    eager = FastForward(
+        torch.optim.Adam(eager_model.parameters(), lr=1e-2), eager_model, eager_loss, 3
+    )
+    for _ in range(9):
+        for step_loss, opt in ((loss_fn, ff), (eager_loss, eager)):
+            step_loss().backward()
+            opt.step()
+            opt.zero_grad()
+    assert ff.stats.stages == 3
+    assert [r.tau for r in ff.stats.history] == [r.tau for r in eager.stats.history]
+    assert ff.stats.simulated_steps > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model, x, y = _model_and_data()
+        x, y = x[rank::2], y[rank::2]
+        for layer in (model[0], model[2]):
+            fully_shard(layer)
+        fully_shard(model)
+        loss_fn = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
+        ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 3)
+        for _ in range(9):
+            loss_fn().backward()
+            ff.step()
+            ff.zero_grad()
+        full = [p.full_tensor().detach().clone() for p in model.parameters()]
+        torch.save(
+            {"taus": [r.tau for r in ff.stats.history], "params": full},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_fsdp2_ranks_agree_and_hold_the_same_full_parameters(tmp_path):
+    mp.spawn(_fsdp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert len(rank0["taus"]) == 3
+    assert sum(rank0["taus"]) > 0
+    assert rank0["taus"] == rank1["taus"]
+    assert all(bitwise_equal(a, b) for a, b in zip(rank0["params"], rank1["params"], strict=True))
