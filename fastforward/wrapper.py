@@ -267,6 +267,7 @@ class FastForward(Optimizer):
     def _stage_due(self, step: int) -> bool:
         return self.active and step > self.warmup and (step - self.warmup) % self.interval == 0
 
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _snapshot_(self) -> None:
         """Before the step that a stage follows: record ``W_{n-1}`` in the Δ buffers."""
         owners = self._trainable_params()
@@ -279,6 +280,9 @@ class FastForward(Optimizer):
         with torch.no_grad():
             _copy_(self._delta, params, foreach=self.foreach)
 
+    # A stage is Python control flow around user code: dynamo would unroll or break on it, so a
+    # compiled `step` compiles the wrapped optimizer's step and runs the stage eagerly.
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     @torch.no_grad()
     def _stage(self) -> None:
         """After step ``n``: search along Δ and land on the best point."""
