@@ -9,7 +9,7 @@ export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[dev]"
 
-ruff check fastforward tests benchmarks
-ruff format --check fastforward tests benchmarks
+ruff check fastforward tests benchmarks docs
+ruff format --check fastforward tests benchmarks docs
 mypy
 python -m pytest -m "not gpu" --doctest-modules fastforward tests "$@"

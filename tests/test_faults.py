@@ -173,3 +173,12 @@ def test_wrapping_a_wrapper_is_rejected():
     ff = FastForward(torch.optim.Adam(model.parameters()), model, lambda: 0.0)
     with pytest.raises(TypeError, match="already a FastForward"):
         FastForward(ff, model, lambda: 0.0)
+
+
+def test_deepspeed_zero_optimizer_is_refused():
+    class DeepSpeedZeroOptimizer(torch.optim.SGD):  # stands in for deepspeed's own class
+        __module__ = "deepspeed.runtime.zero.stage_1_and_2"
+
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(TypeError, match="DeepSpeed optimizer, which updates the model only after"):
+        FastForward(DeepSpeedZeroOptimizer(model.parameters(), lr=0.1), model, lambda: 0.0)
