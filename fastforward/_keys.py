@@ -13,6 +13,7 @@ HYPERPARAMETERS = "hyperparameters"
 ENABLED = "enabled"
 GAVE_UP = "gave_up"
 FAILED_STAGES_IN_A_ROW = "failed_stages_in_a_row"
+LAST_TAU = "last_tau"
 STATS = "stats"
 
 FORMAT_VERSION = 1

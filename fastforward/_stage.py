@@ -1,4 +1,4 @@
-"""One Fast Forward stage: the ray ``W_n + τΔ`` and the search along it."""
+"""One Fast Forward stage: the ray ``W_n + τΔ`` and the strategies that search along it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ class _Ray:
 
     Search strategies only choose which τ to evaluate; the ray owns the parameters, so whatever
     a strategy does, :meth:`land_` leaves them bitwise at the best point evaluated (``W_n`` until
-    a point beats the loss there). A loss counts as better only if it is finite and strictly
-    lower, so NaN, inf and ties never move the landing point.
+    a point beats the loss there). A loss counts as better only if it is finite and below the
+    best by more than ``min_improvement`` (relative), so NaN, inf and ties never move the
+    landing point. Each τ is evaluated at most once.
 
     Args:
         params: The parameters being moved, mutated in place. They hold ``W_n`` on entry.
@@ -24,6 +25,7 @@ class _Ray:
         delta: ``Δ = W_n - W_{n-1}``, read only.
         loss: Evaluates the validation loss at the current parameters.
         foreach: Use the multi-tensor kernels.
+        min_improvement: Relative margin a loss must beat the best by, e.g. 1e-3 for 0.1%.
     """
 
     def __init__(
@@ -34,29 +36,48 @@ class _Ray:
         loss: Callable[[], float],
         *,
         foreach: bool,
+        min_improvement: float = 0.0,
     ) -> None:
         self._params, self._anchor, self._delta = params, anchor, delta
         self._loss, self._foreach = loss, foreach
+        self._min_improvement = min_improvement
         self._position: int | None = 0  # None while a move is in flight: position unknown.
+        self.losses: dict[int, float] = {}
         self.best_tau = 0
         self.best_loss = math.inf
-        self.loss_at_anchor = math.nan
         self.evaluations = 0
 
+    @property
+    def loss_at_anchor(self) -> float:
+        """``L_0``, NaN until evaluated."""
+        return self.losses.get(0, math.nan)
+
     def evaluate(self, tau: int) -> float:
-        """Move the parameters to ``W_n + tau * Δ`` and return the validation loss there."""
+        """The validation loss at ``W_n + tau * Δ`` (moving the parameters there if not cached)."""
+        if tau in self.losses:
+            return self.losses[tau]
         self._move_(tau)
         self.evaluations += 1  # counted even if the call raises: its cost was paid
-        loss = self._loss()
-        if tau == 0:
-            self.loss_at_anchor = loss
-        if math.isfinite(loss) and loss < self.best_loss:
+        loss = self.losses[tau] = self._loss()
+        if self._beats_best(loss):
             self.best_tau, self.best_loss = tau, loss
         return loss
+
+    def improves(self, tau: int) -> bool:
+        """Evaluate ``tau``; whether it became the best point."""
+        self.evaluate(tau)
+        return self.best_tau == tau
 
     def land_(self) -> None:
         """Leave the parameters bitwise at the best point evaluated (``W_n`` if none was)."""
         self._move_(self.best_tau)
+
+    def _beats_best(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return False
+        if self.best_loss == math.inf:  # the first finite loss
+            return True
+        return loss < self.best_loss - self._min_improvement * abs(self.best_loss)
 
     def _move_(self, tau: int) -> None:
         if self._position == tau:
@@ -66,13 +87,69 @@ class _Ray:
         self._position = tau
 
 
-def _linear_search(ray: _Ray, max_tau: int) -> None:
+def _linear_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
     """The paper's search: τ = 1, 2, ... while the loss keeps improving, at most ``max_tau``.
 
-    Expects ``ray.evaluate(0)`` to have been called. Costs ``τ* + 1`` evaluations (fewer when
-    ``max_tau`` is reached).
+    Costs ``τ* + 1`` evaluations after ``L_0`` (``max_tau`` when capped). ``start`` is ignored.
     """
     for tau in range(1, max_tau + 1):
-        ray.evaluate(tau)
-        if ray.best_tau != tau:
+        if not ray.improves(tau):
             return
+
+
+def _bracket_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
+    """Find the integer minimiser of a unimodal loss along Δ in ``O(log τ*)`` evaluations.
+
+    From ``start``: double τ while the loss improves (or halve it while it does not beat
+    ``L_0``), which brackets the minimiser as ``a < m < b`` with ``L_m`` below ``L_a`` and not
+    above ``L_b``; then shrink the bracket by probing the middle of its larger half until
+    ``b - a <= 2``. The paper finds the loss along Δ convex (App. B), where this returns the same
+    τ as linear search; on other shapes it returns a local minimum, never above ``L_0``. From
+    ``start = 1`` it costs at most ``3 ceil(log2(τ* + 1)) + 5`` evaluations, ``L_0`` included
+    (``tests/test_search.py`` checks the bound).
+    Expects ``ray.evaluate(0)`` to have been called.
+    """
+    a, m, b = _bracket(ray, max_tau, max(1, min(start, max_tau)))
+    while b - a > 2:
+        probe = (a + m) // 2 if m - a > b - m else (m + b + 1) // 2
+        if ray.improves(probe):
+            a, m, b = (a, probe, m) if probe < m else (m, probe, b)
+        elif probe < m:
+            a = probe
+        else:
+            b = probe
+
+
+def _bracket(ray: _Ray, max_tau: int, start: int) -> tuple[int, int, int]:
+    """``(a, m, b)`` with ``m`` the best point so far and the minimiser in ``(a, b)``."""
+    if ray.improves(start):
+        low, tau = 0, start
+        while tau < max_tau:
+            farther = min(2 * tau, max_tau)
+            if not ray.improves(farther):
+                return low, tau, farther
+            low, tau = tau, farther
+        return low, tau, tau + 1  # improved at max_tau: treat max_tau + 1 as worse, never probe it
+    high = start
+    while high > 1:
+        tau = high // 2
+        if ray.improves(tau):
+            return 0, tau, high
+        high = tau
+    return 0, 0, 0  # not even τ = 1 improves
+
+
+def _doubling_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
+    """:func:`_bracket_search` from τ = 1, whatever ``start`` says."""
+    _bracket_search(ray, max_tau, 1)
+
+
+SearchFn = Callable[[_Ray, int, int], None]
+
+SEARCHES: dict[str, SearchFn] = {
+    "linear": _linear_search,
+    "doubling": _doubling_search,
+    "warm_start": _bracket_search,
+}
+"""Search strategies by name, called as ``search(ray, max_tau, start)``; only ``warm_start``
+uses ``start`` (the previous stage's τ*)."""

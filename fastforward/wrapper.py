@@ -22,7 +22,7 @@ from fastforward._distributed import (
 )
 from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
 from fastforward._modes import _eval_mode
-from fastforward._stage import _linear_search, _Ray
+from fastforward._stage import SEARCHES, _Ray
 from fastforward._stats import FastForwardStats, StageRecord
 
 logger = logging.getLogger("fastforward")
@@ -76,6 +76,17 @@ class FastForward(Optimizer):
             loss that keeps falling (default: 1000).
         patience: Stages in a row with ``τ = 1`` not improving before Fast Forward gives up for
             good; ``None`` never gives up (default: 3, as in the paper).
+        search: How a stage looks for the best τ (default: ``"linear"``):
+
+            - ``"linear"``: the paper's τ = 1, 2, 3, ...; ``τ* + 2`` evaluations.
+            - ``"doubling"``: τ = 1, 2, 4, ... until the loss stops improving, then bisection
+              inside the last bracket; at most ``3 ceil(log2(τ* + 1)) + 5`` evaluations, and
+              the same τ as linear search when the loss along Δ is convex (paper App. B).
+            - ``"warm_start"``: as ``"doubling"``, but starting from the previous stage's τ*,
+              which changes slowly over training (paper Fig. 11).
+        min_improvement: A point must beat the best loss so far by this fraction of it to be
+            accepted, e.g. ``1e-3``; guards against chasing noise on the tiny validation set
+            (default: 0.0).
         enabled: ``False`` turns stages off: the wrapper is then bitwise the bare optimizer. May be
             changed between steps through the attribute of the same name (default: ``True``).
         on_stage: Called with the :class:`StageRecord` of every stage that ran (default: ``None``).
@@ -126,6 +137,8 @@ class FastForward(Optimizer):
         warmup: int = 0,
         max_tau: int = 1000,
         patience: int | None = 3,
+        search: str = "linear",
+        min_improvement: float = 0.0,
         enabled: bool = True,
         on_stage: StageCallback | None = None,
         foreach: bool | None = None,
@@ -133,7 +146,14 @@ class FastForward(Optimizer):
     ) -> None:
         _check_kinds(optimizer, model, val_closure, on_stage)
         _refuse_deferred_parameter_updates(optimizer)
-        _check_hyperparameters(interval=interval, warmup=warmup, max_tau=max_tau, patience=patience)
+        _check_hyperparameters(
+            interval=interval,
+            warmup=warmup,
+            max_tau=max_tau,
+            patience=patience,
+            search=search,
+            min_improvement=min_improvement,
+        )
         # Optimizer.__init__ sets up hooks and profiling; it gets copies of the group dicts so
         # that it cannot touch the wrapped optimizer's, and its containers are replaced below.
         super().__init__([dict(group) for group in optimizer.param_groups], optimizer.defaults)
@@ -148,6 +168,7 @@ class FastForward(Optimizer):
         self.val_closure = val_closure
         self.interval, self.warmup = interval, warmup
         self.max_tau, self.patience = max_tau, patience
+        self.search, self.min_improvement = search, min_improvement
         self.enabled = enabled
         self.on_stage = on_stage
         self.foreach = True if foreach is None else foreach
@@ -155,6 +176,7 @@ class FastForward(Optimizer):
         self.stats = FastForwardStats()
         self._gave_up = False
         self._failed_stages_in_a_row = 0
+        self._last_tau = 0
         self._stage_owners: list[Tensor] = []  # the parameters a stage moves
         self._stage_params: list[Tensor] = []  # what it writes: their local shards
         self._anchor: list[Tensor] = []  # W_n in a stage
@@ -298,13 +320,21 @@ class FastForward(Optimizer):
             self._skip_stage(step, "the last update is not finite", logging.WARNING)
             return
         _copy_(anchor, params, foreach=self.foreach)
-        ray = _Ray(params, anchor, delta, self._validation_loss, foreach=self.foreach)
+        ray = _Ray(
+            params,
+            anchor,
+            delta,
+            self._validation_loss,
+            foreach=self.foreach,
+            min_improvement=self.min_improvement,
+        )
+        start = max(1, self._last_tau) if self.search == "warm_start" else 1
         started = time.perf_counter()
         try:
             with _eval_mode(self.model):
                 try:
                     if math.isfinite(ray.evaluate(0)):
-                        _linear_search(ray, self.max_tau)
+                        SEARCHES[self.search](ray, self.max_tau, start)
                 finally:
                     ray.land_()
         finally:
@@ -341,6 +371,7 @@ class FastForward(Optimizer):
         stats.stages += 1
         stats.simulated_steps += record.tau
         stats.history.append(record)
+        self._last_tau = record.tau
         logger.info(
             "fastforward: stage after step %d: tau=%d, val loss %.6g -> %.6g (%d evaluations)",
             record.step,
@@ -374,10 +405,13 @@ class FastForward(Optimizer):
                 "warmup": self.warmup,
                 "max_tau": self.max_tau,
                 "patience": self.patience,
+                "search": self.search,
+                "min_improvement": self.min_improvement,
             },
             _keys.ENABLED: self.enabled,
             _keys.GAVE_UP: self._gave_up,
             _keys.FAILED_STAGES_IN_A_ROW: self._failed_stages_in_a_row,
+            _keys.LAST_TAU: self._last_tau,
             _keys.STATS: self.stats.to_dict(),
         }
 
@@ -395,6 +429,7 @@ class FastForward(Optimizer):
         self.enabled = bool(state[_keys.ENABLED])
         self._gave_up = bool(state[_keys.GAVE_UP])
         self._failed_stages_in_a_row = int(state[_keys.FAILED_STAGES_IN_A_ROW])
+        self._last_tau = int(state[_keys.LAST_TAU])
         self.stats = FastForwardStats.from_dict(state[_keys.STATS])
 
 
@@ -433,13 +468,27 @@ def _refuse_deferred_parameter_updates(optimizer: Optimizer) -> None:
 
 
 def _check_hyperparameters(
-    *, interval: object, warmup: object, max_tau: object, patience: object
+    *,
+    interval: object,
+    warmup: object,
+    max_tau: object,
+    patience: object,
+    search: object,
+    min_improvement: object,
 ) -> None:
     _check_int("interval", interval, 1)
     _check_int("warmup", warmup, 0)
     _check_int("max_tau", max_tau, 1)
     if patience is not None:
         _check_int("patience", patience, 1)
+    if search not in SEARCHES:
+        raise ValueError(f"fastforward: search must be one of {sorted(SEARCHES)}, got {search!r}")
+    if isinstance(min_improvement, bool) or not isinstance(min_improvement, (int, float)):
+        raise TypeError(
+            f"fastforward: min_improvement must be a float, got {type(min_improvement).__name__}"
+        )
+    if not 0.0 <= min_improvement < 1.0:
+        raise ValueError(f"fastforward: min_improvement must be in [0, 1), got {min_improvement}")
 
 
 def _check_int(name: str, value: object, low: int) -> None:

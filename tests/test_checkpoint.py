@@ -15,10 +15,10 @@ from strategies import Quadratic, fixed_quadratic, quadratics
 from fastforward import FastForward
 
 
-def _make(spec, *, interval=3, patience=None):
+def _make(spec, *, interval=3, patience=None, search="linear"):
     model = Quadratic(spec)
     adam = torch.optim.Adam([model.x], lr=0.02)
-    return model, FastForward(adam, model, model, interval, patience=patience)
+    return model, FastForward(adam, model, model, interval, patience=patience, search=search)
 
 
 def _train(model, ff, steps):
@@ -48,13 +48,16 @@ def _comparable(stats):
     saved_at=st.integers(0, 14),
     more=st.integers(1, 14),
     patience=st.sampled_from([None, 1, 2]),
+    search=st.sampled_from(["linear", "warm_start"]),
 )
-def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(spec, saved_at, more, patience):
+def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(
+    spec, saved_at, more, patience, search
+):
     assume(not np.array_equal(spec.x0, spec.x_star))
-    model, ff = _make(spec, patience=patience)
+    model, ff = _make(spec, patience=patience, search=search)
     _train(model, ff, saved_at + more)
 
-    first_model, first = _make(spec, patience=patience)
+    first_model, first = _make(spec, patience=patience, search=search)
     _train(first_model, first, saved_at)
     checkpoint = _through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
     resumed_model, resumed = _make(fixed_quadratic(dim=spec.dim), interval=5, patience=3)
@@ -64,7 +67,8 @@ def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(spec, saved_at
 
     assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
     assert _comparable(resumed.stats) == _comparable(ff.stats)
-    assert (resumed.interval, resumed.patience, resumed.active) == (3, patience, ff.active)
+    assert (resumed.interval, resumed.patience, resumed.search) == (3, patience, search)
+    assert resumed.active == ff.active
 
 
 def test_state_dict_is_the_base_state_dict_plus_one_plain_entry():

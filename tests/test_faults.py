@@ -152,6 +152,9 @@ def _adam():
         ({"model": "model"}, TypeError, "model must be a torch.nn.Module"),
         ({"optimizer": object()}, TypeError, "optimizer must be a torch.optim.Optimizer"),
         ({"on_stage": 3}, TypeError, "on_stage must be callable or None"),
+        ({"search": "golden"}, ValueError, "search must be one of"),
+        ({"min_improvement": 1.0}, ValueError, r"min_improvement must be in \[0, 1\), got 1.0"),
+        ({"min_improvement": "0.1"}, TypeError, "min_improvement must be a float"),
     ],
     ids=lambda case: str(case) if isinstance(case, dict) else "",
 )

@@ -1,0 +1,111 @@
+"""Every search strategy finds the integer minimiser along Δ of a convex loss, within its bound."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from reference import bitwise_equal, integer_minimiser
+
+from fastforward._stage import SEARCHES, _Ray
+
+# A tie φ(τ) = φ(τ-1) is decided by rounding; keep the continuous minimiser away from half-integers.
+TIE_MARGIN = 1e-6
+
+
+def evaluation_bound(search: str, tau: int, max_tau: int) -> int:
+    """The documented worst case, ``L_0`` included."""
+    if search == "linear":
+        return tau + 2 if tau < max_tau else max_tau + 1
+    return 3 * math.ceil(math.log2(tau + 1)) + 5
+
+
+def _parabola_ray(center: float, curvature: float, offset: float, min_improvement: float = 0.0):
+    """A one-element "parameter" x = τ (Δ = 1) scored by ``offset + curvature (x - center)²``."""
+    params = [torch.zeros(1, dtype=torch.float64)]
+    anchor, delta = [torch.zeros(1, dtype=torch.float64)], [torch.ones(1, dtype=torch.float64)]
+
+    def loss():
+        return offset + curvature * (params[0].item() - center) ** 2
+
+    ray = _Ray(params, anchor, delta, loss, foreach=True, min_improvement=min_improvement)
+    return ray, params
+
+
+parabolas = {
+    "center": st.floats(-5.0, 600.0),
+    "curvature": st.floats(1e-3, 1e3),
+    "offset": st.floats(-10.0, 10.0),
+    "max_tau": st.integers(1, 1000),
+    "start": st.integers(1, 1000),
+}
+
+
+@pytest.mark.parametrize("search", sorted(SEARCHES))
+@given(**parabolas)
+def test_search_finds_the_integer_minimiser_within_its_bound(
+    search, center, curvature, offset, max_tau, start
+):
+    assume(abs(center + 0.5 - round(center + 0.5)) > TIE_MARGIN)
+    ray, params = _parabola_ray(center, curvature, offset)
+    ray.evaluate(0)
+    SEARCHES[search](ray, max_tau, start)
+    ray.land_()
+
+    # φ(τ) - φ(τ-1) = c(2τ - 1 - 2·center): in the closed form's b, c terms, b = -2c·center.
+    expected = integer_minimiser(-2 * curvature * center, 2 * curvature, max_tau)
+    assert ray.best_tau == expected
+    assert params[0].item() == float(expected)
+    if search != "warm_start":
+        assert ray.evaluations <= evaluation_bound(search, expected, max_tau)
+
+
+@pytest.mark.parametrize("search", sorted(SEARCHES))
+@given(losses=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=2))
+def test_any_loss_sequence_lands_bitwise_on_the_best_point_never_above_l0(search, losses):
+    """Arbitrary (non-convex, NaN, inf) losses: termination, best point, bitwise landing."""
+    params = [torch.tensor([0.25, -3.0])]
+    anchor = [params[0].clone()]
+    delta = [torch.tensor([0.1, 1e-3])]
+    at = []
+
+    def loss():
+        tau = round((params[0][0].item() - 0.25) / 0.1)
+        at.append(tau)
+        return losses[tau % len(losses)]
+
+    ray = _Ray(params, anchor, delta, loss, foreach=True)
+    l0 = ray.evaluate(0)
+    assume(math.isfinite(l0))
+    SEARCHES[search](ray, len(losses) * 3, 1)
+    ray.land_()
+
+    assert len(at) == len(set(at))  # no point evaluated twice
+    finite = {t: losses[t % len(losses)] for t in at if math.isfinite(losses[t % len(losses)])}
+    assert ray.best_loss == min(finite.values())
+    assert ray.best_loss <= l0
+    assert ray.best_tau == min(t for t, v in finite.items() if v == ray.best_loss)
+    expected = anchor[0].clone().add_(delta[0], alpha=ray.best_tau) if ray.best_tau else anchor[0]
+    assert bitwise_equal(params[0], expected)
+
+
+@given(
+    center=st.floats(2.0, 300.0),
+    min_improvement=st.floats(1e-4, 0.5),
+    search=st.sampled_from(sorted(SEARCHES)),
+)
+def test_min_improvement_accepts_only_points_that_beat_the_best_by_the_margin(
+    center, min_improvement, search
+):
+    ray, _ = _parabola_ray(center, curvature=1.0, offset=1.0, min_improvement=min_improvement)
+    ray.evaluate(0)
+    SEARCHES[search](ray, 1000, 1)
+    accepted = [ray.losses[0]]
+    for tau in sorted(ray.losses):
+        if tau <= ray.best_tau and ray.losses[tau] < accepted[-1] * (1 - min_improvement):
+            accepted.append(ray.losses[tau])
+    assert ray.best_loss == accepted[-1]
+    assert ray.best_loss <= ray.losses[0] * (1 - min_improvement) or ray.best_tau == 0
