@@ -1,0 +1,306 @@
+"""Reproduce the paper at CPU scale: how much compute does Fast Forward save to reach Adam's loss?
+
+Protocol (paper §4): a byte-level Pythia-architecture model pretrained by ``pretrain.py`` on the
+GCIDE dictionary is finetuned on fortune cookies. Plain Adam trains ``--epochs`` epochs; its final
+test loss is the target L*. Every other run of the same adapter starts from the same weights,
+sees the same batches in the same order, and stops as soon as its test loss is <= L* + 1e-4
+(checked every ``--eval-every`` optimizer steps and after every stage), or at Adam's step budget.
+
+FLOPs are measured with ``torch.utils.flop_counter.FlopCounterMode``: one training step
+(forward + backward + optimizer step, as it really is with a frozen base) and one validation
+pass are counted on the run's own model; shapes are fixed, so each step and each evaluation costs
+exactly that. Moving the parameters in a stage adds 2 FLOPs per trainable element per move.
+Wall time covers training only (test evaluations excluded).
+
+    python benchmarks/bench_reproduce.py --preset quick   # README's main job, < 10 min
+    python benchmarks/bench_reproduce.py --preset full    # docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+if not __package__:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import lm, report
+from benchmarks.paper_variant import PaperFastForward
+from fastforward import FastForward
+
+TOLERANCE = 1e-4  # the paper's ε
+RESULTS = Path(__file__).resolve().parent / "results"
+PLOTTED_GROUP = "lora"
+PAPER_LR = 4e-5  # the paper's LoRA learning rate for the medical task (App. E, Table 1)
+
+PRESETS = {
+    # n_train/n_test: examples; lr_sweep: Adam learning rates tried besides PAPER_LR; ranks: the
+    # LoRA-rank sweep; searches: the strategies compared at the paper's and at the tuned lr.
+    "smoke": dict(n_train=512, n_test=64, epochs=3, lr_sweep=(1e-3,), ranks=(), dora=False,
+                  searches=("doubling",)),
+    "quick": dict(n_train=2048, n_test=256, epochs=5, lr_sweep=(1e-3, 3e-3), ranks=(),
+                  dora=False, searches=("linear", "doubling")),
+    "full": dict(n_train=4096, n_test=1000, epochs=5, lr_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+                 ranks=(1, 4, 16, 64), dora=True, searches=("linear", "doubling", "warm_start")),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One training run. ``fast_forward``: "off", "library" or "paper"."""
+
+    name: str
+    adapter: str = "lora"  # "lora", "dora" or "full"
+    rank: int = 8
+    lr: float = PAPER_LR
+    fast_forward: str = "off"
+    search: str = "doubling"
+    group: str = ""  # runs of one group share the target L* of the group's Adam run
+
+
+@dataclass
+class Result:
+    spec: Spec
+    steps: int = 0
+    reached: bool = False
+    test_loss: float = float("nan")
+    train_step_flops: int = 0
+    val_pass_flops: int = 0
+    forward_flops: int = 0  # one training batch, forward only: the paper's 3x accounting
+    flops: int = 0
+    paper_flops: int = 0
+    seconds: float = 0.0
+    stages: int = 0
+    taus: list[int] = field(default_factory=list)
+    stage_losses: list[tuple[float, float]] = field(default_factory=list)  # (before, after)
+    evaluations: int = 0
+    trainable_params: int = 0
+    curve: list[tuple[int, float, str]] = field(default_factory=list)  # (flops, loss, kind)
+
+
+def build(spec: Spec, base: torch.nn.Module) -> torch.nn.Module:
+    model = copy.deepcopy(base).train()
+    if spec.adapter == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(
+        target_modules=["query_key_value"], r=spec.rank, use_dora=spec.adapter == "dora"
+    )
+    return get_peft_model(model, config)
+
+
+def count_flops(fn) -> int:  # type: ignore[no-untyped-def]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def unit_costs(spec: Spec, base: torch.nn.Module, batch: torch.Tensor, val: torch.Tensor):  # type: ignore[no-untyped-def]
+    """FLOPs of one training step, one validation pass and one training forward, measured."""
+    model = build(spec, base)
+    adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=spec.lr)
+
+    def train_step() -> None:
+        lm.lm_loss(model, batch).backward()
+        adam.step()
+        adam.zero_grad()
+
+    with torch.no_grad():
+        val_flops = count_flops(lambda: lm.lm_loss(model, val))
+        forward_flops = count_flops(lambda: lm.lm_loss(model, batch))
+    return count_flops(train_step), val_flops, forward_flops
+
+
+def train(spec: Spec, base: torch.nn.Module, splits: lm.Splits, args, target: float | None):  # type: ignore[no-untyped-def]
+    model = build(spec, base)
+    params = [p for p in model.parameters() if p.requires_grad]
+    result = Result(spec=spec, trainable_params=sum(p.numel() for p in params))
+    order = torch.Generator().manual_seed(args.seed)
+    batches = [
+        splits.train[index]
+        for _ in range(args.epochs)
+        for index in torch.randperm(len(splits.train), generator=order).split(args.batch_size)
+        if len(index) == args.batch_size
+    ]
+    result.train_step_flops, result.val_pass_flops, result.forward_flops = unit_costs(
+        spec, base, batches[0], splits.val
+    )
+    adam = torch.optim.Adam(params, lr=spec.lr)
+    val_loss = lambda: lm.lm_loss(model, splits.val)  # noqa: E731
+    optimizer = adam
+    if spec.fast_forward == "library":
+        optimizer = FastForward(adam, model, val_loss, interval=6, search=spec.search)
+    elif spec.fast_forward == "paper":
+        optimizer = PaperFastForward(adam, params, val_loss, interval=6)
+
+    def flops_so_far() -> tuple[int, int]:
+        steps, evaluations, moves = result.steps, 0, 0
+        if isinstance(optimizer, FastForward):
+            evaluations = optimizer.stats.evaluations
+            moves = evaluations + optimizer.stats.stages  # every evaluation moved, + landings
+        elif isinstance(optimizer, PaperFastForward):
+            evaluations = moves = optimizer.evaluations
+        exact = (
+            steps * result.train_step_flops
+            + evaluations * result.val_pass_flops
+            + 2 * moves * result.trainable_params
+        )
+        paper = steps * 3 * result.forward_flops + evaluations * result.val_pass_flops
+        return exact, paper
+
+    def test(kind: str) -> float:
+        loss = lm.evaluate(model, splits.test)
+        result.curve.append((flops_so_far()[0], loss, kind))
+        return loss
+
+    test("start")
+    stages_seen = 0
+    for batch in batches:
+        started = time.perf_counter()
+        lm.lm_loss(model, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        result.seconds += time.perf_counter() - started
+        result.steps += 1
+        stages = _stages(optimizer)
+        staged, stages_seen = stages > stages_seen, stages
+        if not (staged or result.steps % args.eval_every == 0):
+            continue
+        if target is None:
+            if spec.group == PLOTTED_GROUP:
+                test("step")  # the Adam curve of the plot
+            continue
+        if test("stage" if staged else "step") <= target + TOLERANCE:
+            result.reached = True
+            break
+    if not result.reached:
+        result.test_loss = test("end")
+        result.reached = target is not None and result.test_loss <= target + TOLERANCE
+    result.test_loss = result.curve[-1][1]
+    result.flops, result.paper_flops = flops_so_far()
+    if isinstance(optimizer, FastForward):
+        result.taus = [r.tau for r in optimizer.stats.history]
+        result.stage_losses = [(r.loss_before, r.loss_after) for r in optimizer.stats.history]
+        result.evaluations = optimizer.stats.evaluations
+    elif isinstance(optimizer, PaperFastForward):
+        result.taus, result.evaluations = optimizer.taus, optimizer.evaluations
+    result.stages = len(result.taus)
+    return result
+
+
+def _stages(optimizer: object) -> int:
+    if isinstance(optimizer, FastForward):
+        return optimizer.stats.stages + optimizer.stats.skipped_stages
+    if isinstance(optimizer, PaperFastForward):
+        return len(optimizer.taus)
+    return 0
+
+
+def plan(preset: dict) -> list[Spec]:  # type: ignore[type-arg]
+    """Adam first in each group (it sets the target), then its Fast Forward runs."""
+    specs = [Spec("Adam LoRA r=8", group="lora")]
+    specs += [
+        Spec(f"FF LoRA r=8 {search}", fast_forward="library", search=search, group="lora")
+        for search in preset["searches"]
+    ]
+    specs += [Spec("FF (paper code) LoRA r=8", fast_forward="paper", group="lora")]
+    if preset["dora"]:
+        specs += [
+            Spec("Adam DoRA r=8", adapter="dora", group="dora"),
+            Spec("FF DoRA r=8", adapter="dora", fast_forward="library", group="dora"),
+        ]
+    for rank in preset["ranks"]:
+        specs += [
+            Spec(f"Adam LoRA r={rank}", rank=rank, group=f"rank{rank}"),
+            Spec(f"FF LoRA r={rank}", rank=rank, fast_forward="library", group=f"rank{rank}"),
+        ]
+    specs += [
+        Spec("Adam full-rank", adapter="full", group="full"),
+        Spec("FF full-rank", adapter="full", fast_forward="library", group="full"),
+    ]
+    return specs
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--eval-every", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    args.epochs = preset["epochs"]
+    out = args.out or RESULTS / args.preset
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+
+    base = lm.load_pretrained()
+    full = lm.finetune_splits(args.seed, n_test=preset["n_test"])
+    splits = replace(full, train=full.train[: preset["n_train"]])
+    print(
+        f"[{args.preset}] {len(splits.train)} train / {len(splits.test)} test / "
+        f"{len(splits.val)} val examples of {lm.CONTEXT} bytes; batch {args.batch_size}; "
+        f"{args.epochs} epochs",
+        flush=True,
+    )
+
+    results: list[Result] = []
+    targets: dict[str, float] = {}
+
+    def run(spec: Spec) -> Result:
+        started = time.perf_counter()
+        result = train(spec, base, splits, args, targets.get(spec.group))
+        if spec.fast_forward == "off":
+            targets.setdefault(spec.group, result.test_loss)
+        results.append(result)
+        (out / f"{_slug(spec.name)}.json").write_text(json.dumps(asdict(result), indent=1))
+        print(
+            f"  {spec.name:<32} lr {spec.lr:<7g} steps {result.steps:>4}"
+            f"  test {result.test_loss:.4f}"
+            f"  stages {result.stages:>3}  evals {result.evaluations:>4}"
+            f"  ({time.perf_counter() - started:.0f}s)",
+            flush=True,
+        )
+        return result
+
+    for spec in plan(preset):
+        run(spec)
+    sweep = [
+        run(Spec(f"Adam LoRA lr={lr:g}", lr=lr, group=f"lr{lr:g}")) for lr in preset["lr_sweep"]
+    ]
+    paper_lr_adam = next(r for r in results if r.spec.group == "lora")
+    tuned = min([paper_lr_adam, *sweep], key=lambda r: r.test_loss).spec
+    targets["tuned"] = targets[tuned.group]
+    for search in preset["searches"]:
+        name = f"FF LoRA tuned lr={tuned.lr:g} {search}"
+        run(replace(tuned, name=name, fast_forward="library", search=search, group="tuned"))
+
+    table = report.table(results, targets, tuned_group=tuned.group)
+    (out / "table.md").write_text(table)
+    report.plot(results, out / "loss_vs_flops.png")
+    print(table)
+    print(f"wrote {out}/table.md, {out}/loss_vs_flops.png and one JSON per run")
+    return results
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The reproduction benchmark, CI-sized: it runs, counts FLOPs, and our stages never hurt."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("peft")
+pytest.importorskip("matplotlib")
+
+from benchmarks import bench_reproduce, lm, report
+
+
+@pytest.fixture(scope="module")
+def smoke_runs():
+    base = lm.load_pretrained(train_if_missing=False)
+    splits = lm.finetune_splits(0, n_test=64)
+    splits = replace(splits, train=splits.train[:512])
+    args = argparse.Namespace(epochs=2, batch_size=64, eval_every=3, seed=0)
+    adam = bench_reproduce.train(
+        bench_reproduce.Spec("Adam", group="lora"), base, splits, args, None
+    )
+    ff_spec = bench_reproduce.Spec("FF", fast_forward="library", group="lora")
+    ff = bench_reproduce.train(ff_spec, base, splits, args, adam.test_loss)
+    return adam, ff
+
+
+def test_benchmark_counts_flops_and_steps(smoke_runs):
+    adam, ff = smoke_runs
+    assert adam.steps == 2 * 512 // 64
+    assert 0 < adam.forward_flops < adam.train_step_flops
+    assert 0 < ff.val_pass_flops < ff.train_step_flops
+    assert adam.flops == adam.steps * adam.train_step_flops
+    assert ff.flops > ff.steps * ff.train_step_flops  # the stages' evaluations are counted
+    assert ff.stages >= 1
+
+
+def test_library_stages_never_end_above_their_starting_loss(smoke_runs):
+    _, ff = smoke_runs
+    assert ff.stage_losses
+    assert all(after <= before for before, after in ff.stage_losses)
+
+
+def test_table_and_plot_are_written(smoke_runs, tmp_path):
+    adam, ff = smoke_runs
+    text = report.table([adam, ff], {"lora": adam.test_loss}, tuned_group="lora")
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 3  # header + two rows
+    report.plot([adam, ff], tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
