@@ -49,9 +49,10 @@ PRESETS = {
     "smoke": dict(n_train=512, n_test=64, epochs=3, lr_sweep=(1e-3,), ranks=(), dora=False,
                   searches=("doubling",)),
     "quick": dict(n_train=2048, n_test=256, epochs=5, lr_sweep=(1e-3, 3e-3), ranks=(),
-                  dora=False, searches=("linear", "doubling")),
+                  dora=False, searches=("linear", "parabolic")),
     "full": dict(n_train=4096, n_test=1000, epochs=5, lr_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-                 ranks=(1, 4, 16, 64), dora=True, searches=("linear", "doubling", "warm_start")),
+                 ranks=(1, 4, 16, 64), dora=True,
+                 searches=("linear", "doubling", "parabolic", "warm_start")),
 }  # fmt: skip
 
 
@@ -64,7 +65,7 @@ class Spec:
     rank: int = 8
     lr: float = PAPER_LR
     fast_forward: str = "off"
-    search: str = "doubling"
+    search: str = "parabolic"
     group: str = ""  # runs of one group share the target L* of the group's Adam run
 
 

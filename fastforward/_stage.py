@@ -97,27 +97,55 @@ def _linear_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
             return
 
 
-def _bracket_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
+def _bracket_search(ray: _Ray, max_tau: int, start: int = 1, *, interpolate: bool = False) -> None:
     """Find the integer minimiser of a unimodal loss along Δ in ``O(log τ*)`` evaluations.
 
     From ``start``: double τ while the loss improves (or halve it while it does not beat
     ``L_0``), which brackets the minimiser as ``a < m < b`` with ``L_m`` below ``L_a`` and not
-    above ``L_b``; then shrink the bracket by probing the middle of its larger half until
-    ``b - a <= 2``. The paper finds the loss along Δ convex (App. B), where this returns the same
-    τ as linear search; on other shapes it returns a local minimum, never above ``L_0``. From
-    ``start = 1`` it costs at most ``3 ceil(log2(τ* + 1)) + 5`` evaluations, ``L_0`` included
-    (``tests/test_search.py`` checks the bound).
+    above ``L_b``; then shrink the bracket until ``b - a <= 2``, probing the middle of its larger
+    half or, with ``interpolate``, the vertex of the parabola through the three points (falling
+    back to the middle whenever a probe did not halve the bracket). The paper finds the loss
+    along Δ convex (App. B), where this returns the same τ as linear search; on other shapes it
+    returns a local minimum, never above ``L_0``. From ``start = 1`` it costs at most
+    ``3 ceil(log2(τ* + 1)) + 5`` evaluations, ``L_0`` included (``tests/test_search.py``).
     Expects ``ray.evaluate(0)`` to have been called.
     """
     a, m, b = _bracket(ray, max_tau, max(1, min(start, max_tau)))
+    bisect = not interpolate
     while b - a > 2:
-        probe = (a + m) // 2 if m - a > b - m else (m + b + 1) // 2
+        width = b - a
+        probe = _middle(a, m, b) if bisect or b > max_tau else _vertex(ray, a, m, b)
         if ray.improves(probe):
             a, m, b = (a, probe, m) if probe < m else (m, probe, b)
         elif probe < m:
             a = probe
         else:
             b = probe
+        bisect = not interpolate or 2 * (b - a) > width
+
+
+def _middle(a: int, m: int, b: int) -> int:
+    """The middle of the larger of ``(a, m)`` and ``(m, b)``: strictly inside it."""
+    return (a + m) // 2 if m - a > b - m else (m + b + 1) // 2
+
+
+def _vertex(ray: _Ray, a: int, m: int, b: int) -> int:
+    """The integer nearest the vertex of the parabola through a, m, b, strictly inside (a, b)."""
+    fa, fm, fb = ray.losses[a], ray.losses[m], ray.losses[b]
+    numerator = (m - a) ** 2 * (fm - fb) - (m - b) ** 2 * (fm - fa)
+    denominator = (m - a) * (fm - fb) - (m - b) * (fm - fa)
+    vertex = m - 0.5 * numerator / denominator if denominator != 0 else float(m)
+    if not math.isfinite(vertex):
+        return _middle(a, m, b)
+    probe = min(max(round(vertex), a + 1), b - 1)
+    if probe != m:
+        return probe
+    # The vertex rounds to m: test the neighbour on its side (m is the minimiser iff both lose).
+    toward = m + 1 if vertex > m else m - 1
+    if a < toward < b and toward not in ray.losses:
+        return toward
+    other = 2 * m - toward
+    return other if a < other < b and other not in ray.losses else _middle(a, m, b)
 
 
 def _bracket(ray: _Ray, max_tau: int, start: int) -> tuple[int, int, int]:
@@ -144,11 +172,17 @@ def _doubling_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
     _bracket_search(ray, max_tau, 1)
 
 
+def _parabolic_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
+    """:func:`_bracket_search` from τ = 1, refining the bracket by parabolic interpolation."""
+    _bracket_search(ray, max_tau, 1, interpolate=True)
+
+
 SearchFn = Callable[[_Ray, int, int], None]
 
 SEARCHES: dict[str, SearchFn] = {
     "linear": _linear_search,
     "doubling": _doubling_search,
+    "parabolic": _parabolic_search,
     "warm_start": _bracket_search,
 }
 """Search strategies by name, called as ``search(ray, max_tau, start)``; only ``warm_start``

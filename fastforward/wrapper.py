@@ -82,6 +82,9 @@ class FastForward(Optimizer):
             - ``"doubling"``: τ = 1, 2, 4, ... until the loss stops improving, then bisection
               inside the last bracket; at most ``3 ceil(log2(τ* + 1)) + 5`` evaluations, and
               the same τ as linear search when the loss along Δ is convex (paper App. B).
+            - ``"parabolic"``: as ``"doubling"``, but each probe inside the bracket is the vertex
+              of the parabola through its three points (bisection when that stalls); fewer
+              evaluations than ``"doubling"`` on smooth losses, with the same bound.
             - ``"warm_start"``: as ``"doubling"``, but starting from the previous stage's τ*,
               which changes slowly over training (paper Fig. 11).
         min_improvement: A point must beat the best loss so far by this fraction of it to be
@@ -190,7 +193,8 @@ class FastForward(Optimizer):
     def __repr__(self) -> str:
         return (
             f"FastForward(interval={self.interval}, warmup={self.warmup}, max_tau={self.max_tau}, "
-            f"patience={self.patience}, active={self.active},\n{self.optimizer!r})"
+            f"patience={self.patience}, search={self.search!r}, active={self.active},\n"
+            f"{self.optimizer!r})"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -308,35 +312,21 @@ class FastForward(Optimizer):
     @torch.no_grad()
     def _stage(self) -> None:
         """After step ``n``: search along Δ and land on the best point."""
-        params, anchor, delta = self._stage_params, self._anchor, self._delta
         step = self.stats.optimizer_steps
-        _delta_from_snapshot_(delta, params, foreach=self.foreach)
-        size = _max_across_ranks(_max_abs(delta), self._collective_device(), self.process_group)
-        if size == 0.0:
-            # A step the base optimizer skipped: nothing to extrapolate, nothing wrong.
-            self._skip_stage(step, "the last update is zero", logging.INFO)
+        if not self._direction_usable(step):
             return
-        if not size < math.inf:
-            self._skip_stage(step, "the last update is not finite", logging.WARNING)
-            return
-        _copy_(anchor, params, foreach=self.foreach)
+        _copy_(self._anchor, self._stage_params, foreach=self.foreach)
         ray = _Ray(
-            params,
-            anchor,
-            delta,
+            self._stage_params,
+            self._anchor,
+            self._delta,
             self._validation_loss,
             foreach=self.foreach,
             min_improvement=self.min_improvement,
         )
-        start = max(1, self._last_tau) if self.search == "warm_start" else 1
         started = time.perf_counter()
         try:
-            with _eval_mode(self.model):
-                try:
-                    if math.isfinite(ray.evaluate(0)):
-                        SEARCHES[self.search](ray, self.max_tau, start)
-                finally:
-                    ray.land_()
+            self._search(ray)
         finally:
             self.stats.evaluations += ray.evaluations
             self.stats.stage_seconds += time.perf_counter() - started
@@ -344,16 +334,36 @@ class FastForward(Optimizer):
             loss = ray.loss_at_anchor
             self._skip_stage(step, f"the validation loss at W_n is {loss}", logging.WARNING)
             return
+        seconds = time.perf_counter() - started
         self._record_stage(
             StageRecord(
-                step=step,
-                tau=ray.best_tau,
-                loss_before=ray.loss_at_anchor,
-                loss_after=ray.best_loss,
-                evaluations=ray.evaluations,
-                seconds=time.perf_counter() - started,
+                step, ray.best_tau, ray.loss_at_anchor, ray.best_loss, ray.evaluations, seconds
             )
         )
+
+    def _direction_usable(self, step: int) -> bool:
+        """Turn the snapshot into Δ; whether it is worth a stage (not all zero, finite)."""
+        _delta_from_snapshot_(self._delta, self._stage_params, foreach=self.foreach)
+        size = _max_abs(self._delta)
+        size = _max_across_ranks(size, self._collective_device(), self.process_group)
+        if size == 0.0:
+            # A step the base optimizer skipped: nothing to extrapolate, nothing wrong.
+            self._skip_stage(step, "the last update is zero", logging.INFO)
+            return False
+        if not size < math.inf:
+            self._skip_stage(step, "the last update is not finite", logging.WARNING)
+            return False
+        return True
+
+    def _search(self, ray: _Ray) -> None:
+        """Evaluate ``L_0``, search with the configured strategy, land on the best point."""
+        start = max(1, self._last_tau) if self.search == "warm_start" else 1
+        with _eval_mode(self.model):
+            try:
+                if math.isfinite(ray.evaluate(0)):
+                    SEARCHES[self.search](ray, self.max_tau, start)
+            finally:
+                ray.land_()
 
     def _validation_loss(self) -> float:
         loss = _as_loss(self.val_closure())

@@ -41,7 +41,7 @@ def _sgd_step_then_stage(spec: QuadraticSpec, eta: float, max_tau: int, search: 
     return model, ff, w0, w1
 
 
-@pytest.mark.parametrize("search", ["linear", "doubling", "warm_start"])
+@pytest.mark.parametrize("search", ["linear", "doubling", "parabolic", "warm_start"])
 @given(
     spec=quadratics(),
     eta=st.floats(1e-3, 1.9),
