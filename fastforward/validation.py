@@ -29,8 +29,10 @@ def validation_closure(
     model: nn.Module,
     batches: Iterable[Any],
     loss_fn: LossFn | None = None,
-) -> Callable[[], Tensor]:
-    """Return a zero-argument closure: the mean loss over a fixed handful of batches.
+    *,
+    rotate: int | None = None,
+) -> Callable[..., Tensor]:
+    """Return a closure: the mean loss over a fixed handful of batches.
 
     The batches are materialised once (``list(batches)``), so a ``DataLoader`` is read only here
     and every evaluation sees the same examples. Each call runs under ``torch.no_grad()`` with the
@@ -41,9 +43,15 @@ def validation_closure(
         batches: The tiny validation set, e.g. one batch of 32 examples, as the model takes them.
             Dict batches (Hugging Face style) are passed as ``model(**batch)``.
         loss_fn: ``loss_fn(model, batch) -> 0-dim tensor``. Default: ``model(**batch).loss``.
+        rotate: If given, ``batches`` is a larger held-out pool cut into consecutive groups of
+            ``rotate`` batches (a remainder is dropped), and stage ``k`` is judged on group
+            ``k mod groups``: each group stays tiny, but stages stop fitting the same few
+            examples. Default: every call uses all batches.
 
     Returns:
-        A callable returning the unweighted mean of the per-batch losses as a 0-dim tensor.
+        A callable ``closure(stage=0)`` returning the unweighted mean of the per-batch losses
+        (of the stage's group, with ``rotate``) as a 0-dim tensor. ``FastForward`` passes
+        ``stage`` itself.
 
     Example:
         >>> import torch
@@ -58,11 +66,19 @@ def validation_closure(
     fixed = list(batches)
     if not fixed:
         raise ValueError("fastforward: batches is empty; pass at least one validation batch")
+    if rotate is not None and not 1 <= rotate <= len(fixed):
+        raise ValueError(
+            f"fastforward: rotate must be between 1 and the number of batches ({len(fixed)}), "
+            f"got {rotate}"
+        )
+    size = rotate or len(fixed)
+    groups = [fixed[i : i + size] for i in range(0, len(fixed) - size + 1, size)]
     compute = loss_fn or _model_output_loss
 
-    def closure() -> Tensor:
+    def closure(stage: int = 0) -> Tensor:
         with torch.no_grad(), _eval_mode(model):
-            losses = [compute(model, batch).detach().float() for batch in fixed]
+            group = groups[stage % len(groups)]
+            losses = [compute(model, batch).detach().float() for batch in group]
         return torch.stack(losses).mean()
 
     return closure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -22,12 +23,13 @@ from fastforward._distributed import (
 )
 from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
 from fastforward._modes import _eval_mode
-from fastforward._stage import SEARCHES, _Ray
+from fastforward._stage import SEARCHES
 from fastforward._stats import FastForwardStats, StageRecord
+from fastforward.functional import fast_forward_stage
 
 logger = logging.getLogger("fastforward")
 
-ValClosure = Callable[[], "float | Tensor"]
+ValClosure = Callable[..., "float | Tensor"]
 StageCallback = Callable[[StageRecord], None]
 
 
@@ -69,6 +71,9 @@ class FastForward(Optimizer):
         val_closure: Zero-argument callable returning the loss on the tiny validation set (the
             paper uses 32 examples) as a Python number or a 0-dim tensor. Called under
             ``torch.no_grad()`` with the model in eval mode; it must not change the parameters.
+            If it accepts a keyword argument ``stage``, it is called as ``val_closure(stage=k)``
+            in the k-th stage (from 0), so that it can rotate through held-out subsets instead
+            of overfitting one (see ``validation_closure(..., rotate=...)``).
         interval: Optimizer steps between stages (default: 6, as in the paper).
         warmup: Optimizer steps before the schedule starts (default: 0). The first stage runs after
             step ``warmup + interval``.
@@ -169,6 +174,7 @@ class FastForward(Optimizer):
             )
         self.model = model
         self.val_closure = val_closure
+        self._closure_takes_stage = _accepts_keyword(val_closure, "stage")
         self.interval, self.warmup = interval, warmup
         self.max_tau, self.patience = max_tau, patience
         self.search, self.min_improvement = search, min_improvement
@@ -315,29 +321,30 @@ class FastForward(Optimizer):
         step = self.stats.optimizer_steps
         if not self._direction_usable(step):
             return
-        _copy_(self._anchor, self._stage_params, foreach=self.foreach)
-        ray = _Ray(
-            self._stage_params,
-            self._anchor,
-            self._delta,
-            self._validation_loss,
-            foreach=self.foreach,
-            min_improvement=self.min_improvement,
-        )
         started = time.perf_counter()
         try:
-            self._search(ray)
+            with _eval_mode(self.model):
+                result = fast_forward_stage(
+                    self._stage_params,
+                    self._delta,
+                    self._validation_loss,
+                    search=self.search,
+                    max_tau=self.max_tau,
+                    min_improvement=self.min_improvement,
+                    start=max(1, self._last_tau),
+                    anchor=self._anchor,
+                    foreach=self.foreach,
+                )
         finally:
-            self.stats.evaluations += ray.evaluations
             self.stats.stage_seconds += time.perf_counter() - started
-        if not math.isfinite(ray.loss_at_anchor):
-            loss = ray.loss_at_anchor
+        if not math.isfinite(result.loss_before):
+            loss = result.loss_before
             self._skip_stage(step, f"the validation loss at W_n is {loss}", logging.WARNING)
             return
         seconds = time.perf_counter() - started
         self._record_stage(
             StageRecord(
-                step, ray.best_tau, ray.loss_at_anchor, ray.best_loss, ray.evaluations, seconds
+                step, result.tau, result.loss_before, result.loss_after, result.evaluations, seconds
             )
         )
 
@@ -355,18 +362,14 @@ class FastForward(Optimizer):
             return False
         return True
 
-    def _search(self, ray: _Ray) -> None:
-        """Evaluate ``L_0``, search with the configured strategy, land on the best point."""
-        start = max(1, self._last_tau) if self.search == "warm_start" else 1
-        with _eval_mode(self.model):
-            try:
-                if math.isfinite(ray.evaluate(0)):
-                    SEARCHES[self.search](ray, self.max_tau, start)
-            finally:
-                ray.land_()
-
     def _validation_loss(self) -> float:
-        loss = _as_loss(self.val_closure())
+        self.stats.evaluations += 1  # counted even if the call raises: its cost was paid
+        value = (
+            self.val_closure(stage=self.stats.stages)
+            if self._closure_takes_stage
+            else self.val_closure()
+        )
+        loss = _as_loss(value)
         return _mean_across_ranks(loss, self._collective_device(), self.process_group)
 
     def _collective_device(self) -> torch.device:
@@ -506,6 +509,18 @@ def _check_int(name: str, value: object, low: int) -> None:
         raise TypeError(f"fastforward: {name} must be an int, got {type(value).__name__}")
     if value < low:
         raise ValueError(f"fastforward: {name} must be >= {low}, got {value}")
+
+
+def _accepts_keyword(function: Callable[..., object], name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    parameter = parameters.get(name)
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
 
 
 def _as_loss(value: object) -> float:

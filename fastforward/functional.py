@@ -1,0 +1,107 @@
+"""A Fast Forward stage as a plain function, for research code that has no optimizer to wrap.
+
+:class:`~fastforward.FastForward` runs exactly this function after its scheduled steps; here it
+works on any list of tensors with any loss callable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fastforward._functional import _copy_
+from fastforward._stage import SEARCHES, _Ray
+
+SEARCH_STRATEGIES = tuple(SEARCHES)
+"""Names accepted by ``search=``."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What :func:`fast_forward_stage` did.
+
+    Attributes:
+        tau: Accepted simulated steps: the tensors were left at ``W_n + tau * delta``.
+        loss_before: Loss at ``W_n``.
+        loss_after: Loss at the landing point (``loss_before`` when ``tau == 0``).
+        evaluations: Calls of ``loss`` made, including the one at ``W_n``.
+    """
+
+    tau: int
+    loss_before: float
+    loss_after: float
+    evaluations: int
+
+
+def fast_forward_stage(
+    params: list[Tensor],
+    delta: list[Tensor],
+    loss: Callable[[], float],
+    *,
+    search: str = "linear",
+    max_tau: int = 1000,
+    min_improvement: float = 0.0,
+    start: int = 1,
+    anchor: list[Tensor] | None = None,
+    foreach: bool | None = None,
+) -> StageResult:
+    r"""Search ``W_n + τΔ`` for the τ with the lowest loss and leave ``params`` there.
+
+    .. math::
+
+        \tau^* = \text{the point found by } search \text{ among }
+        \{\tau : L(W_n + \tau\Delta)\}, \qquad W \leftarrow W_n + \tau^*\Delta
+
+    ``params`` end **bitwise** at the best point evaluated (``W_n`` itself if nothing beat the
+    loss there), also when ``loss`` raises, in which case the exception propagates. Runs under
+    ``torch.no_grad()``; a non-finite loss at ``W_n`` ends the stage at once with ``tau == 0``.
+
+    Args:
+        params: Tensors holding ``W_n``; moved in place.
+        delta: The direction, one tensor per entry of ``params`` (same shape, dtype, device).
+        loss: Zero-argument callable returning the loss at the current ``params`` as a float.
+        search: ``"linear"`` (the paper's), ``"doubling"``, ``"parabolic"`` or ``"warm_start"``;
+            see :class:`~fastforward.FastForward` (default: ``"linear"``).
+        max_tau: Largest τ evaluated (default: 1000).
+        min_improvement: Relative margin a loss must beat the best by (default: 0.0).
+        start: First τ tried by ``"warm_start"`` (default: 1).
+        anchor: Preallocated buffers for the copy of ``W_n`` (default: allocated here).
+        foreach: Use ``torch._foreach_*`` kernels; ``None`` means yes.
+
+    Returns:
+        A :class:`StageResult`.
+
+    Example:
+        >>> import torch
+        >>> from fastforward.functional import fast_forward_stage
+        >>> w = [torch.tensor([0.0])]
+        >>> result = fast_forward_stage(w, [torch.tensor([1.0])], lambda: float((w[0] - 3.2) ** 2))
+        >>> result.tau, w[0].item(), result.evaluations
+        (3, 3.0, 5)
+
+    .. note::
+        Memory: one copy of ``params`` (the anchor), unless ``anchor`` is given.
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"fastforward: search must be one of {sorted(SEARCHES)}, got {search!r}")
+    if max_tau < 1:
+        raise ValueError(f"fastforward: max_tau must be >= 1, got {max_tau}")
+    use_foreach = True if foreach is None else foreach
+    with torch.no_grad():
+        if anchor is None:
+            anchor = [torch.empty_like(p) for p in params]
+        _copy_(anchor, params, foreach=use_foreach)
+        ray = _Ray(
+            params, anchor, delta, loss, foreach=use_foreach, min_improvement=min_improvement
+        )
+        try:
+            if math.isfinite(ray.evaluate(0)):
+                SEARCHES[search](ray, max_tau, start)
+        finally:
+            ray.land_()
+    loss_after = ray.best_loss if ray.best_loss < math.inf else ray.loss_at_anchor
+    return StageResult(ray.best_tau, ray.loss_at_anchor, loss_after, ray.evaluations)
