@@ -53,8 +53,9 @@ def fast_forward_stage(
 
     .. math::
 
-        \tau^* = \text{the point found by } search \text{ among }
-        \{\tau : L(W_n + \tau\Delta)\}, \qquad W \leftarrow W_n + \tau^*\Delta
+        W \leftarrow W_n + \tau^*\Delta, \qquad
+        \tau^* = \operatorname{arg\,min}_{\tau \in \{0, \dots, max\_tau\}}
+        L(W_n + \tau\Delta) \text{ as found by } search
 
     ``params`` end **bitwise** at the best point evaluated (``W_n`` itself if nothing beat the
     loss there), also when ``loss`` raises, in which case the exception propagates. Runs under

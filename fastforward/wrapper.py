@@ -305,6 +305,7 @@ class FastForward(Optimizer):
         owners = self._trainable_params()
         params = [_local_shard(p) for p in owners]
         if not _buffers_fit(owners, self._stage_owners, params, self._delta):
+            _check_owned_by(owners, self.model)
             self._stage_owners = owners
             self._anchor = [torch.empty_like(p) for p in params]
             self._delta = [torch.empty_like(p) for p in params]
@@ -464,6 +465,23 @@ def _check_kinds(optimizer: object, model: object, val_closure: object, on_stage
     if on_stage is not None and not callable(on_stage):
         raise TypeError(
             f"fastforward: on_stage must be callable or None, got {type(on_stage).__name__}"
+        )
+
+
+def _check_owned_by(params: list[Tensor], model: nn.Module) -> None:
+    """A stage evaluates ``model``, so it must move the model's own tensors.
+
+    Fails when the optimizer holds copies, e.g. flat fp32 partitions that DeepSpeed ZeRO (also
+    through accelerate) copies into the model only after ``step()`` returns.
+    """
+    owned = {id(p) for p in model.parameters()}
+    strangers = sum(id(p) not in owned for p in params)
+    if strangers:
+        raise RuntimeError(
+            f"fastforward: {strangers} of the optimizer's {len(params)} trainable tensors are not "
+            "parameters of `model`, so a stage would evaluate stale weights (DeepSpeed ZeRO and "
+            "master-weight optimizers keep such copies); build the optimizer on "
+            "model.parameters() and use DDP or FSDP"
         )
 
 

@@ -66,7 +66,7 @@ def test_zero_grad_clears_the_wrapped_parameters():
 
 def test_param_group_added_later_is_moved_by_later_stages():
     model, ff = _quadratic_ff(interval=2)
-    extra = torch.nn.Parameter(torch.tensor([4.0, -4.0], dtype=torch.float64))
+    model.extra = extra = torch.nn.Parameter(torch.tensor([4.0, -4.0], dtype=torch.float64))
     ff.add_param_group({"params": [extra], "lr": 0.1})
     assert ff.optimizer.param_groups[1]["params"] == [extra]
 
