@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import run_on_ranks
 from reference import bitwise_equal
 
 from fastforward import FastForward
@@ -70,42 +67,27 @@ def test_compiled_step_compiles_the_base_step_and_runs_stages_eagerly():
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
+def _fsdp_worker(rank: int) -> dict:
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        model, x, y = _model_and_data()
-        x, y = x[rank::2], y[rank::2]
-        for layer in (model[0], model[2]):
-            fully_shard(layer)
-        fully_shard(model)
-        loss_fn = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
-        ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 3)
-        for _ in range(9):
-            loss_fn().backward()
-            ff.step()
-            ff.zero_grad()
-        full = [p.full_tensor().detach().clone() for p in model.parameters()]
-        torch.save(
-            {"taus": [r.tau for r in ff.stats.history], "params": full},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
+    model, x, y = _model_and_data()
+    x, y = x[rank::2], y[rank::2]
+    for layer in (model[0], model[2]):
+        fully_shard(layer)
+    fully_shard(model)
+    loss_fn = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
+    ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 3)
+    for _ in range(9):
+        loss_fn().backward()
+        ff.step()
+        ff.zero_grad()
+    full = [p.full_tensor().detach().clone() for p in model.parameters()]
+    return {"taus": [r.tau for r in ff.stats.history], "params": full}
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_fsdp2_ranks_agree_and_hold_the_same_full_parameters(tmp_path):
-    mp.spawn(_fsdp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    rank0, rank1 = run_on_ranks(_fsdp_worker, 2, tmp_path)
     assert len(rank0["taus"]) == 3
     assert sum(rank0["taus"]) > 0
     assert rank0["taus"] == rank1["taus"]

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import run_on_ranks
 from reference import bitwise_equal
 
 from fastforward import FastForward
@@ -17,53 +14,39 @@ WORLD = 2
 STEPS = 12
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ddp_worker(rank: int) -> dict:
+    torch.manual_seed(0)  # same initial weights on every rank
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    data = torch.Generator().manual_seed(100 + rank)  # each rank its own data
+    x_train, x_val = torch.randn(64, 8, generator=data), torch.randn(32, 8, generator=data)
+    y_train, y_val = x_train.sum(1, keepdim=True), x_val.sum(1, keepdim=True) * (1 + rank)
+    local_losses = []
 
+    def val_closure():
+        loss = torch.nn.functional.mse_loss(ddp(x_val), y_val)
+        local_losses.append(float(loss))
+        return loss
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        torch.manual_seed(0)  # same initial weights on every rank
-        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        data = torch.Generator().manual_seed(100 + rank)  # each rank its own data
-        x_train, x_val = torch.randn(64, 8, generator=data), torch.randn(32, 8, generator=data)
-        y_train, y_val = x_train.sum(1, keepdim=True), x_val.sum(1, keepdim=True) * (1 + rank)
-        local_losses = []
-
-        def val_closure():
-            loss = torch.nn.functional.mse_loss(ddp(x_val), y_val)
-            local_losses.append(float(loss))
-            return loss
-
-        adam = torch.optim.Adam(ddp.parameters(), lr=1e-2)
-        ff = FastForward(adam, ddp, val_closure, interval=3, patience=None)
-        for _ in range(STEPS):
-            torch.nn.functional.mse_loss(ddp(x_train), y_train).backward()
-            ff.step()
-            ff.zero_grad()
-        torch.save(
-            {
-                "params": [p.detach().clone() for p in model.parameters()],
-                "taus": [r.tau for r in ff.stats.history],
-                "losses": [(r.loss_before, r.loss_after) for r in ff.stats.history],
-                "evaluations": ff.stats.evaluations,
-                "local_losses": local_losses,
-            },
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
+    ff = FastForward(
+        torch.optim.Adam(ddp.parameters(), lr=1e-2), ddp, val_closure, 3, patience=None
+    )
+    for _ in range(STEPS):
+        torch.nn.functional.mse_loss(ddp(x_train), y_train).backward()
+        ff.step()
+        ff.zero_grad()
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "taus": [r.tau for r in ff.stats.history],
+        "losses": [(r.loss_before, r.loss_after) for r in ff.stats.history],
+        "evaluations": ff.stats.evaluations,
+        "local_losses": local_losses,
+    }
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_ddp_ranks_agree_on_every_stage_and_end_bitwise_identical(tmp_path):
-    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    rank0, rank1 = run_on_ranks(_ddp_worker, WORLD, tmp_path)
 
     assert rank0["local_losses"] != rank1["local_losses"]  # the ranks really saw different data
     assert len(rank0["taus"]) == STEPS // 3
