@@ -46,9 +46,11 @@ class FastForward(Optimizer):
         \Delta = W_n - W_{n-1}, \qquad
         L_\tau = \mathcal{L}_{val}(W_n + \tau\Delta), \quad \tau = 0, 1, 2, \dots
 
-    The search stops at the first ``τ`` whose loss is not strictly below the best so far, at a
-    non-finite loss, or at ``max_tau``; the parameters are then left **bitwise** at the best point
-    evaluated, ``W_n`` itself if ``τ = 1`` did not improve on ``L_0``. So a stage never leaves the
+    The paper's search evaluates τ = 1, 2, ... until the loss stops improving; the default
+    (``search="parabolic"``) finds the same τ on a loss that is convex along Δ in O(log τ*)
+    evaluations. Non-finite losses never count as improvements and τ never exceeds ``max_tau``.
+    The parameters are then left **bitwise** at the best point evaluated, ``W_n`` itself if
+    ``τ = 1`` did not improve on ``L_0``. So a stage never leaves the
     validation loss above where it started, also when ``val_closure`` raises (the exception
     propagates after the rollback, and training can go on). Stages never touch the wrapped
     optimizer's state, gradients or learning rates, and are not optimizer steps. A step whose
