@@ -93,13 +93,7 @@ def build(spec: Spec, base: torch.nn.Module) -> torch.nn.Module:
     model = copy.deepcopy(base).train()
     if spec.adapter == "full":
         return model
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(0)
-    config = LoraConfig(
-        target_modules=["query_key_value"], r=spec.rank, use_dora=spec.adapter == "dora"
-    )
-    return get_peft_model(model, config)
+    return lm.add_lora(model, spec.rank, use_dora=spec.adapter == "dora")
 
 
 def count_flops(fn) -> int:  # type: ignore[no-untyped-def]

@@ -233,13 +233,16 @@ def evaluate(model: torch.nn.Module, examples: Tensor, batch_size: int = 250) ->
     return total / count
 
 
-def add_lora(model: GPTNeoXForCausalLM, r: int = 8, *, seed: int = 0) -> torch.nn.Module:
-    """Wrap ``model`` in place with LoRA on the fused attention ``query_key_value`` matrices.
+def add_lora(
+    model: GPTNeoXForCausalLM, r: int = 8, *, seed: int = 0, use_dora: bool = False
+) -> torch.nn.Module:
+    """Wrap ``model`` in place with LoRA (or DoRA) on the fused ``query_key_value`` matrices.
 
     peft's defaults otherwise (``lora_alpha=8``, no dropout): A is Kaiming-random (seeded),
-    B is zero, so the wrapped model starts equal to ``model``. Only A and B require grad.
+    B is zero, so the wrapped model starts equal to ``model``. Only the adapter requires grad.
     """
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    return get_peft_model(model, LoraConfig(target_modules=["query_key_value"], r=r))
+    config = LoraConfig(target_modules=["query_key_value"], r=r, use_dora=use_dora)
+    return get_peft_model(model, config)

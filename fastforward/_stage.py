@@ -187,3 +187,8 @@ SEARCHES: dict[str, SearchFn] = {
 }
 """Search strategies by name, called as ``search(ray, max_tau, start)``; only ``warm_start``
 uses ``start`` (the previous stage's τ*)."""
+
+
+def _check_search(search: object) -> None:
+    if search not in SEARCHES:
+        raise ValueError(f"fastforward: search must be one of {sorted(SEARCHES)}, got {search!r}")

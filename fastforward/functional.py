@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fastforward._functional import _copy_
-from fastforward._stage import SEARCHES, _Ray
+from fastforward._stage import SEARCHES, _check_search, _Ray
 
 SEARCH_STRATEGIES = tuple(SEARCHES)
 """Names accepted by ``search=``."""
@@ -87,8 +87,7 @@ def fast_forward_stage(
     .. note::
         Memory: one copy of ``params`` (the anchor), unless ``anchor`` is given.
     """
-    if search not in SEARCHES:
-        raise ValueError(f"fastforward: search must be one of {sorted(SEARCHES)}, got {search!r}")
+    _check_search(search)
     if max_tau < 1:
         raise ValueError(f"fastforward: max_tau must be >= 1, got {max_tau}")
     use_foreach = True if foreach is None else foreach

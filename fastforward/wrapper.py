@@ -23,7 +23,7 @@ from fastforward._distributed import (
 )
 from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
 from fastforward._modes import _eval_mode
-from fastforward._stage import SEARCHES
+from fastforward._stage import _check_search
 from fastforward._stats import FastForwardStats, StageRecord
 from fastforward.functional import fast_forward_stage
 
@@ -341,12 +341,12 @@ class FastForward(Optimizer):
                     foreach=self.foreach,
                 )
         finally:
-            self.stats.stage_seconds += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            self.stats.stage_seconds += seconds
         if not math.isfinite(result.loss_before):
             loss = result.loss_before
             self._skip_stage(step, f"the validation loss at W_n is {loss}", logging.WARNING)
             return
-        seconds = time.perf_counter() - started
         self._record_stage(
             StageRecord(
                 step, result.tau, result.loss_before, result.loss_after, result.evaluations, seconds
@@ -516,8 +516,7 @@ def _check_hyperparameters(
     _check_int("max_tau", max_tau, 1)
     if patience is not None:
         _check_int("patience", patience, 1)
-    if search not in SEARCHES:
-        raise ValueError(f"fastforward: search must be one of {sorted(SEARCHES)}, got {search!r}")
+    _check_search(search)
     if isinstance(min_improvement, bool) or not isinstance(min_improvement, (int, float)):
         raise TypeError(
             f"fastforward: min_improvement must be a float, got {type(min_improvement).__name__}"
