@@ -14,6 +14,8 @@ ENABLED = "enabled"
 GAVE_UP = "gave_up"
 FAILED_STAGES_IN_A_ROW = "failed_stages_in_a_row"
 LAST_TAU = "last_tau"
+INTERVAL_NOW = "interval_now"
+LAST_SCHEDULED_STEP = "last_scheduled_step"
 STATS = "stats"
 
 FORMAT_VERSION = 1

@@ -15,9 +15,9 @@ class _Ray:
 
     Search strategies only choose which τ to evaluate; the ray owns the parameters, so whatever
     a strategy does, :meth:`land_` leaves them bitwise at the best point evaluated (``W_n`` until
-    a point beats the loss there). A loss counts as better only if it is finite and below the
-    best by more than ``min_improvement`` (relative), so NaN, inf and ties never move the
-    landing point. Each τ is evaluated at most once.
+    a point beats the loss there). A loss counts as better only if it is finite and strictly
+    below the best, so NaN, inf and ties never move the landing point. Each τ is evaluated at
+    most once.
 
     Args:
         params: The parameters being moved, mutated in place. They hold ``W_n`` on entry.
@@ -25,7 +25,9 @@ class _Ray:
         delta: ``Δ = W_n - W_{n-1}``, read only.
         loss: Evaluates the validation loss at the current parameters.
         foreach: Use the multi-tensor kernels.
-        min_improvement: Relative margin a loss must beat the best by, e.g. 1e-3 for 0.1%.
+        min_improvement: Relative margin by which the best point must beat ``L_0`` for
+            :meth:`land_` to leave ``W_n``, e.g. 1e-3 for 0.1%. It judges the stage as a whole:
+            single simulated steps at a small learning rate gain far less than any useful margin.
     """
 
     def __init__(
@@ -69,15 +71,20 @@ class _Ray:
         return self.best_tau == tau
 
     def land_(self) -> None:
-        """Leave the parameters bitwise at the best point evaluated (``W_n`` if none was)."""
+        """Leave the parameters bitwise at the best point evaluated, or at ``W_n``.
+
+        ``W_n`` if no point beat ``L_0`` by ``min_improvement``; ``best_tau`` then becomes 0.
+        """
+        if self.best_tau != 0 and not self._clears_margin(self.best_loss):
+            self.best_tau, self.best_loss = 0, self.losses[0]
         self._move_(self.best_tau)
 
     def _beats_best(self, loss: float) -> bool:
-        if not math.isfinite(loss):
-            return False
-        if self.best_loss == math.inf:  # the first finite loss
-            return True
-        return loss < self.best_loss - self._min_improvement * abs(self.best_loss)
+        return math.isfinite(loss) and loss < self.best_loss
+
+    def _clears_margin(self, loss: float) -> bool:
+        l0 = self.losses[0]
+        return loss <= l0 - self._min_improvement * abs(l0)
 
     def _move_(self, tau: int) -> None:
         if self._position == tau:
@@ -187,6 +194,13 @@ SEARCHES: dict[str, SearchFn] = {
 }
 """Search strategies by name, called as ``search(ray, max_tau, start)``; only ``warm_start``
 uses ``start`` (the previous stage's τ*)."""
+
+
+DEFAULT_SEARCH = "parabolic"
+"""The strategy of the wrapper and of ``fast_forward_stage`` when none is named."""
+
+DEFAULT_MIN_IMPROVEMENT = 1e-3
+"""The relative gain over ``L_0`` a stage needs to leave ``W_n``, unless told otherwise."""
 
 
 def _check_search(search: object) -> None:

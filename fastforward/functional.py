@@ -14,7 +14,13 @@ import torch
 from torch import Tensor
 
 from fastforward._functional import _copy_
-from fastforward._stage import SEARCHES, _check_search, _Ray
+from fastforward._stage import (
+    DEFAULT_MIN_IMPROVEMENT,
+    DEFAULT_SEARCH,
+    SEARCHES,
+    _check_search,
+    _Ray,
+)
 
 SEARCH_STRATEGIES = tuple(SEARCHES)
 """Names accepted by ``search=``."""
@@ -42,9 +48,9 @@ def fast_forward_stage(
     delta: list[Tensor],
     loss: Callable[[], float],
     *,
-    search: str = "linear",
+    search: str = DEFAULT_SEARCH,
     max_tau: int = 1000,
-    min_improvement: float = 0.0,
+    min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
     start: int = 1,
     anchor: list[Tensor] | None = None,
     foreach: bool | None = None,
@@ -66,9 +72,10 @@ def fast_forward_stage(
         delta: The direction, one tensor per entry of ``params`` (same shape, dtype, device).
         loss: Zero-argument callable returning the loss at the current ``params`` as a float.
         search: ``"linear"`` (the paper's), ``"doubling"``, ``"parabolic"`` or ``"warm_start"``;
-            see :class:`~fastforward.FastForward` (default: ``"linear"``).
+            see :class:`~fastforward.FastForward` (default: ``"parabolic"``, as there).
         max_tau: Largest τ evaluated (default: 1000).
-        min_improvement: Relative margin a loss must beat the best by (default: 0.0).
+        min_improvement: Land on the best point only if it beats ``L_0`` by this fraction of
+            ``|L_0|``, else stay at ``W_n`` with ``tau == 0`` (default: 1e-3, as there).
         start: First τ tried by ``"warm_start"`` (default: 1).
         anchor: Preallocated buffers for the copy of ``W_n`` (default: allocated here).
         foreach: Use ``torch._foreach_*`` kernels; ``None`` means yes.
@@ -80,9 +87,10 @@ def fast_forward_stage(
         >>> import torch
         >>> from fastforward.functional import fast_forward_stage
         >>> w = [torch.tensor([0.0])]
-        >>> result = fast_forward_stage(w, [torch.tensor([1.0])], lambda: float((w[0] - 3.2) ** 2))
-        >>> result.tau, w[0].item(), result.evaluations
-        (3, 3.0, 5)
+        >>> loss = lambda: float((w[0] - 30.2) ** 2)
+        >>> result = fast_forward_stage(w, [torch.tensor([1.0])], loss)
+        >>> result.tau, w[0].item(), result.evaluations  # linear search: 32 evaluations
+        (30, 30.0, 14)
 
     .. note::
         Memory: one copy of ``params`` (the anchor), unless ``anchor`` is given.

@@ -46,6 +46,7 @@ class FastForwardCallback(TrainerCallback):
             "ff/evaluations": stats.evaluations,
             "ff/stage_seconds": round(stats.stage_seconds, 3),
             "ff/active": int(self.ff.active),
+            "ff/interval": self.ff.current_interval,
         }
         logs.update(counters)
         # Trainer appended this entry to log_history before calling us.

@@ -15,10 +15,18 @@ from strategies import Quadratic, fixed_quadratic, quadratics
 from fastforward import FastForward
 
 
-def _make(spec, *, interval=3, patience=None, search="linear"):
+def _make(spec, *, interval=3, patience=None, search="linear", adaptive_interval=None):
     model = Quadratic(spec)
     adam = torch.optim.Adam([model.x], lr=0.02)
-    return model, FastForward(adam, model, model, interval, patience=patience, search=search)
+    return model, FastForward(
+        adam,
+        model,
+        model,
+        interval,
+        patience=patience,
+        search=search,
+        adaptive_interval=adaptive_interval,
+    )
 
 
 def _train(model, ff, steps):
@@ -49,15 +57,17 @@ def _comparable(stats):
     more=st.integers(1, 14),
     patience=st.sampled_from([None, 1, 2]),
     search=st.sampled_from(["linear", "warm_start"]),
+    adaptive=st.sampled_from([None, (1, 12)]),
 )
 def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(
-    spec, saved_at, more, patience, search
+    spec, saved_at, more, patience, search, adaptive
 ):
     assume(not np.array_equal(spec.x0, spec.x_star))
-    model, ff = _make(spec, patience=patience, search=search)
+    options = {"patience": patience, "search": search, "adaptive_interval": adaptive}
+    model, ff = _make(spec, **options)
     _train(model, ff, saved_at + more)
 
-    first_model, first = _make(spec, patience=patience, search=search)
+    first_model, first = _make(spec, **options)
     _train(first_model, first, saved_at)
     checkpoint = _through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
     resumed_model, resumed = _make(fixed_quadratic(dim=spec.dim), interval=5, patience=3)
@@ -68,6 +78,10 @@ def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(
     assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
     assert _comparable(resumed.stats) == _comparable(ff.stats)
     assert (resumed.interval, resumed.patience, resumed.search) == (3, patience, search)
+    assert (resumed.adaptive_interval, resumed.current_interval) == (
+        adaptive,
+        ff.current_interval,
+    )
     assert resumed.active == ff.active
 
 

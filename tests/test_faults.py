@@ -154,6 +154,12 @@ def _adam():
         ({"search": "golden"}, ValueError, "search must be one of"),
         ({"min_improvement": 1.0}, ValueError, r"min_improvement must be in \[0, 1\), got 1.0"),
         ({"min_improvement": "0.1"}, TypeError, "min_improvement must be a float"),
+        ({"max_tau_ratio": 0.0}, ValueError, "max_tau_ratio must be positive and finite, got 0.0"),
+        ({"max_tau_ratio": "4"}, TypeError, "max_tau_ratio must be a float or None"),
+        ({"adaptive_interval": 6}, TypeError, r"adaptive_interval must be a \(shortest, longest\)"),
+        ({"adaptive_interval": (2.0, 8)}, TypeError, r"adaptive_interval\[0\] must be an int"),
+        ({"adaptive_interval": (0, 8)}, ValueError, r"adaptive_interval\[0\] must be >= 1"),
+        ({"adaptive_interval": (8, 12)}, ValueError, r"shortest <= interval \(6\) <= longest"),
     ],
     ids=lambda case: str(case) if isinstance(case, dict) else "",
 )

@@ -76,6 +76,7 @@ def test_trainer_runs_stages_logs_them_and_resumes_bitwise(tmp_path):
     assert ff.stats.simulated_steps > 0
     logged = [entry for entry in trainer.state.log_history if "ff/stages" in entry]
     assert [entry["ff/stages"] for entry in logged][:4] == [1, 2, 3, 4]
+    assert {entry["ff/interval"] for entry in logged} == {3}
 
     resumed, resumed_model, resumed_ff = _trainer(tmp_path / "run")
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-6"))

@@ -42,7 +42,9 @@ def test_stage_moves_only_trainable_adapter_tensors(make_config):
     adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     adam.register_step_post_hook(snapshot_after_base_step)
     val = validation_closure(model, token_batches(1, 8, seed=1))
-    ff = FastForward(adam, model, val, interval=2, max_tau=MAX_TAU, patience=None)
+    ff = FastForward(
+        adam, model, val, interval=2, max_tau=MAX_TAU, patience=None, min_improvement=0.0
+    )
     model.train()
     for batch in token_batches(2, 8, seed=0):
         model(**batch).loss.backward()

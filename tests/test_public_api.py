@@ -1,3 +1,5 @@
+import inspect
+
 import fastforward
 
 
@@ -22,3 +24,9 @@ def test_every_public_callable_is_documented():
 
 def test_search_strategies_are_the_documented_ones():
     assert fastforward.SEARCH_STRATEGIES == ("linear", "doubling", "parabolic", "warm_start")
+
+
+def test_the_wrapper_and_the_functional_stage_share_the_default_search():
+    wrapper = inspect.signature(fastforward.FastForward).parameters["search"].default
+    functional = inspect.signature(fastforward.fast_forward_stage).parameters["search"].default
+    assert wrapper == functional == "parabolic"

@@ -6,6 +6,7 @@ import copy
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -172,3 +173,112 @@ def test_after_giving_up_the_wrapper_is_bitwise_the_bare_optimizer(spec, steps_a
     expected = _train(bare_model, bare, steps_after)
     assert all(bitwise_equal(a, b) for a, b in zip(trajectory, expected, strict=True))
     assert ff.stats.stages == patience
+
+
+class _ScriptedTaus:
+    """Validation losses under linear search that make stage ``k`` accept ``taus[k]``.
+
+    Linear search evaluates τ = 0, 1, 2, ... in order, so the i-th call of a stage is τ = i; the
+    loss ``(i - taus[k])**2`` along the ray has its integer minimiser at ``taus[k]``.
+    """
+
+    def __init__(self, taus):
+        self.taus = taus
+        self.calls_per_stage = Counter()
+        self.ff = None
+
+    def __call__(self):
+        step = self.ff.stats.optimizer_steps
+        self.calls_per_stage[step] += 1
+        target = self.taus[len(self.calls_per_stage) - 1]
+        return float((self.calls_per_stage[step] - 1 - target) ** 2)
+
+
+def _expected_adaptive_schedule(taus, interval, shortest, longest, warmup, steps):
+    """The documented rule, step by step: (steps after which stages ran, final interval)."""
+    stages, last = [], warmup
+    for step in range(1, steps + 1):
+        if len(stages) == len(taus) or step - last < interval:
+            continue
+        tau = taus[len(stages)]
+        stages.append(step)
+        last = step
+        if tau >= interval:
+            interval = max(shortest, interval // 2)
+        elif tau <= 1:
+            interval = min(longest, interval * 2)
+    return stages, interval
+
+
+@given(
+    taus=st.lists(st.integers(0, 20), min_size=1, max_size=10),
+    bounds=st.tuples(st.integers(1, 4), st.integers(0, 4), st.integers(0, 8)),
+    warmup=st.integers(0, 3),
+)
+def test_adaptive_interval_halves_after_long_stages_and_doubles_after_short_ones(
+    taus, bounds, warmup
+):
+    shortest, above, beyond = bounds
+    interval, longest = shortest + above, shortest + above + beyond
+    steps = warmup + longest * len(taus)
+    expected_steps, expected_interval = _expected_adaptive_schedule(
+        taus, interval, shortest, longest, warmup, steps
+    )
+    model = Quadratic(fixed_quadratic())
+    validation = _ScriptedTaus(taus + [0] * steps)  # stages beyond the script: τ = 0
+    ff = FastForward(
+        torch.optim.Adam([model.x], lr=0.01),
+        model,
+        validation,
+        interval,
+        warmup=warmup,
+        adaptive_interval=(shortest, longest),
+        patience=None,
+        search="linear",
+    )
+    validation.ff = ff
+    _train(model, ff, steps)
+
+    ran = [r.step for r in ff.stats.history]
+    assert ran[: len(expected_steps)] == expected_steps
+    assert [r.tau for r in ff.stats.history[: len(taus)]] == taus
+    if len(ran) == len(taus):
+        assert ff.current_interval == expected_interval
+
+
+@given(
+    interval=st.integers(1, 8),
+    ratio=st.floats(0.05, 5.0),
+    max_tau=st.integers(1, 60),
+)
+def test_max_tau_ratio_caps_tau_at_that_many_intervals(interval, ratio, max_tau):
+    model = Quadratic(fixed_quadratic())
+    validation = _ScriptedTaus([1000])  # keeps improving far past any cap
+    ff = FastForward(
+        torch.optim.Adam([model.x], lr=0.01),
+        model,
+        validation,
+        interval,
+        max_tau=max_tau,
+        max_tau_ratio=ratio,
+        search="linear",
+    )
+    validation.ff = ff
+    _train(model, ff, interval)
+
+    assert ff.stats.history[0].tau == min(max_tau, max(1, int(ratio * interval)))
+
+
+@pytest.mark.parametrize(("min_improvement", "tau"), [(None, 0), (1e-4, 1), (0.0, 1)])
+def test_a_stage_gaining_less_than_min_improvement_stays_at_w_n(min_improvement, tau):
+    """L_0 = 1, L_1 = 0.9995 (a 0.05% gain), L_2 = 0.9999: the default margin is 0.1%."""
+    model = Quadratic(fixed_quadratic())
+    losses = iter([1.0, 0.9995, 0.9999])
+    options = {} if min_improvement is None else {"min_improvement": min_improvement}
+    adam = torch.optim.Adam([model.x], lr=0.01)
+    ff = FastForward(adam, model, lambda: next(losses), 1, search="linear", **options)
+    model().backward()
+    ff.step()
+    after_step = ff.stats.history[0]
+    assert (after_step.tau, after_step.evaluations) == (tau, 3)
+    assert after_step.loss_after == (1.0 if tau == 0 else 0.9995)

@@ -28,7 +28,14 @@ def _sgd_step_then_stage(spec: QuadraticSpec, eta: float, max_tau: int, search: 
     reference = copy.deepcopy(model)
     sgd = torch.optim.SGD([model.x, model.frozen], lr=lr)
     ff = FastForward(
-        sgd, model, val_closure=model, interval=1, max_tau=max_tau, patience=None, search=search
+        sgd,
+        model,
+        val_closure=model,
+        interval=1,
+        max_tau=max_tau,
+        patience=None,
+        search=search,
+        min_improvement=0.0,
     )
     model().backward()
     ff.step()
@@ -95,7 +102,9 @@ def test_stage_leaves_optimizer_state_and_grads_untouched(spec, steps, lr):
         after_base_step["grad"] = model.x.grad.clone()
 
     adam.register_step_post_hook(remember_state)
-    ff = FastForward(adam, model, val_closure=model, interval=steps, patience=None)
+    ff = FastForward(
+        adam, model, val_closure=model, interval=steps, patience=None, min_improvement=0.0
+    )
     for _ in range(steps):
         model.x.grad = None
         model().backward()

@@ -1,0 +1,254 @@
+"""Same budget for everyone: every run trains all epochs, then we compare where each one ends.
+
+``bench_reproduce.py`` stops a run as soon as it reaches Adam's loss (the paper's question: how
+much compute to get there?). Here every run trains the full budget, so we can also ask whether
+Fast Forward ever *ends* worse than Adam, and how it behaves away from the paper's learning rate.
+Two studies share the same model, data and measurements:
+
+- ``search`` (docs/results.md, "Same budget: search strategies and guards"): the search
+  strategies and the guards against overfitting the 32-example validation set, at the paper's
+  and the tuned lr.
+- ``lr`` (docs/results.md, "Learning-rate sweep"): plain Adam and Fast Forward with the
+  library's defaults at every learning rate of a 10000x sweep.
+
+The tuned lr is the one whose Adam run ends with the lowest test loss. Test loss is measured
+every ``TEST_EVERY`` steps (right after the stages, which run every 6) on ``N_TEST`` held-out
+examples; FLOPs are measured per unit with ``FlopCounterMode`` as in ``bench_reproduce.py``.
+Each run is one JSON under ``results/budget/runs/``, named by its learning rate and its options
+that differ from the library's defaults; a run whose JSON exists is not run again, so the tables
+can be rebuilt alone. After changing the library, pass ``--fresh`` (deletes them first).
+
+    python benchmarks/bench_budget.py             # both studies, ~85 min on 2 cores
+    python benchmarks/bench_budget.py --study lr  # one of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+if not __package__:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import budget_report, lm
+from benchmarks.bench_reproduce import PAPER_LR, Spec, build, unit_costs
+from fastforward import FastForward, validation_closure
+
+OUT = Path(__file__).resolve().parent / "results" / "budget"
+N_TRAIN, N_TEST, EPOCHS, BATCH = 2048, 250, 5, 128
+TEST_EVERY = 6
+VAL_POOL = 4  # rotation: stages cycle through 4 disjoint groups of 32 held-out examples
+LR_SWEEP = (1e-5, 4e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One full-budget run. ``options``: FastForward keyword arguments; None means plain Adam."""
+
+    lr: float
+    options: tuple[tuple[str, Any], ...] | None = None
+    rotate: bool = False  # judge stage k on group k mod VAL_POOL of the held-out pool
+    label: str = ""
+
+    @property
+    def is_ff(self) -> bool:
+        return self.options is not None
+
+    @property
+    def slug(self) -> str:
+        if not self.is_ff:
+            return f"adam-lr{self.lr:g}"
+        parts = [f"{k}={v}" for k, v in self.options or ()] + (["rotate"] if self.rotate else [])
+        return f"ff-lr{self.lr:g}" + "".join(f"-{p}" for p in parts)
+
+
+def ff(lr: float, label: str, rotate: bool = False, **options: Any) -> Run:
+    """A Fast Forward run; options equal to the library's defaults are dropped (same slug)."""
+    defaults = inspect.signature(FastForward).parameters
+    options = {k: v for k, v in options.items() if v != defaults[k].default}
+    return Run(lr, tuple(sorted(options.items())), rotate, label)
+
+
+@dataclass
+class Outcome:
+    run: Run
+    final_loss: float = float("nan")
+    best_loss: float = float("nan")
+    flops: int = 0
+    seconds: float = 0.0
+    stage_seconds: float = 0.0
+    stages: int = 0
+    taus: list[int] = field(default_factory=list)
+    evaluations: int = 0
+    gave_up_at_step: int | None = None
+    intervals: list[int] = field(default_factory=list)  # steps between consecutive stages
+    train_step_flops: int = 0
+    val_pass_flops: int = 0
+    curve: list[tuple[int, int, float, float]] = field(default_factory=list)  # step, FLOPs, s, loss
+
+
+def train(run: Run, base: torch.nn.Module, splits: lm.Splits, pool: torch.Tensor) -> Outcome:
+    """Train ``EPOCHS`` epochs of LoRA r=8 at ``run.lr``; test every ``TEST_EVERY`` steps."""
+    spec = Spec("budget", lr=run.lr)
+    model = build(spec, base)
+    params = [p for p in model.parameters() if p.requires_grad]
+    order = torch.Generator().manual_seed(0)
+    batches = [
+        splits.train[index]
+        for _ in range(EPOCHS)
+        for index in torch.randperm(len(splits.train), generator=order).split(BATCH)
+        if len(index) == BATCH
+    ]
+    outcome = Outcome(run)
+    outcome.train_step_flops, outcome.val_pass_flops, _ = unit_costs(
+        spec, base, batches[0], splits.val
+    )
+    trainable = sum(p.numel() for p in params)
+    adam = torch.optim.Adam(params, lr=run.lr)
+    optimizer: torch.optim.Optimizer = adam
+    if run.options is not None:
+        groups = pool.split(len(splits.val)) if run.rotate else [splits.val]
+        closure = validation_closure(model, groups, lambda m, b: lm.lm_loss(m, b), rotate=1)
+        optimizer = FastForward(adam, model, closure, **dict(run.options))
+
+    def flops(steps: int) -> int:
+        if not isinstance(optimizer, FastForward):
+            return steps * outcome.train_step_flops
+        stats = optimizer.stats
+        moves = stats.evaluations + stats.stages  # every evaluation moved, + each landing
+        return (
+            steps * outcome.train_step_flops
+            + stats.evaluations * outcome.val_pass_flops
+            + 2 * moves * trainable
+        )
+
+    def test(step: int) -> None:
+        loss = lm.evaluate(model, splits.test)
+        outcome.curve.append((step, flops(step), outcome.seconds, loss))
+
+    test(0)
+    for step, batch in enumerate(batches, start=1):
+        started = time.perf_counter()
+        lm.lm_loss(model, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        outcome.seconds += time.perf_counter() - started
+        if step % TEST_EVERY == 0 or step == len(batches):
+            test(step)
+    outcome.final_loss = outcome.curve[-1][3]
+    outcome.best_loss = min(point[3] for point in outcome.curve)
+    outcome.flops = outcome.curve[-1][1]
+    if isinstance(optimizer, FastForward):
+        stats = optimizer.stats
+        outcome.stages, outcome.evaluations = stats.stages, stats.evaluations
+        outcome.taus = [record.tau for record in stats.history]
+        outcome.stage_seconds = stats.stage_seconds
+        outcome.gave_up_at_step = stats.gave_up_at_step
+        steps = [0] + [record.step for record in stats.history]
+        outcome.intervals = [b - a for a, b in itertools.pairwise(steps)]
+    return outcome
+
+
+def search_study(tuned_lr: float) -> list[Run]:
+    """Strategies and single guards (from no guard at all) at the paper's lr and the tuned one."""
+    runs = []
+    for lr in (PAPER_LR, tuned_lr):
+        bare = dict(min_improvement=0.0)  # no guard: the library's default has one
+        runs += [
+            Run(lr, label="Adam"),
+            ff(lr, "linear (paper)", search="linear", **bare),
+            ff(lr, "doubling", search="doubling", **bare),
+            ff(lr, "parabolic", search="parabolic", **bare),
+            ff(lr, "warm_start", search="warm_start", **bare),
+            ff(lr, "parabolic + min_improvement 1e-3 (default)", search="parabolic",
+               min_improvement=1e-3),
+            ff(lr, "parabolic + rotating val set", rotate=True, search="parabolic", **bare),
+            ff(lr, "parabolic + max_tau 4x interval", search="parabolic", max_tau_ratio=4.0,
+               **bare),
+            ff(lr, "parabolic + adaptive interval 2..24", search="parabolic",
+               adaptive_interval=(2, 24), **bare),
+        ]  # fmt: skip
+    return runs
+
+
+def lr_study() -> list[Run]:
+    """Plain Adam and Fast Forward with the library's defaults at every lr of the sweep."""
+    return [run for lr in LR_SWEEP for run in (Run(lr, label="Adam"), ff(lr, "FF defaults"))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--study", choices=("all", "lr", "search"), default="all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs_dir = OUT / "runs"
+    if args.fresh and runs_dir.exists():
+        shutil.rmtree(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+
+    base = lm.load_pretrained()
+    full = lm.finetune_splits(0, n_test=1000)
+    pool = full.train[N_TRAIN : N_TRAIN + (VAL_POOL - 1) * len(full.val)]
+    splits = replace(full, train=full.train[:N_TRAIN], test=full.test[:N_TEST])
+    pool = torch.cat([splits.val, pool])  # group 0 is the usual validation set
+
+    outcomes: dict[str, Outcome] = {}
+
+    def get(run: Run) -> Outcome:
+        path = runs_dir / f"{run.slug}.json"
+        if run.slug not in outcomes:
+            if path.exists():
+                outcomes[run.slug] = _load(path)
+            else:
+                started = time.perf_counter()
+                outcome = train(run, base, splits, pool)
+                path.write_text(json.dumps(asdict(outcome), indent=1))
+                outcomes[run.slug] = outcome
+                print(
+                    f"  {run.slug:<60} final {outcome.final_loss:.4f} best "
+                    f"{outcome.best_loss:.4f} stages {outcome.stages:>3} evals "
+                    f"{outcome.evaluations:>4} ({time.perf_counter() - started:.0f}s)",
+                    flush=True,
+                )
+        return replace(outcomes[run.slug], run=run)
+
+    adam = [get(Run(lr, label="Adam")) for lr in LR_SWEEP]
+    tuned = min(adam, key=lambda o: o.final_loss)
+    print(f"tuned lr {tuned.run.lr:g}: Adam final test loss {tuned.final_loss:.4f}", flush=True)
+    if args.study in ("all", "lr"):
+        results = [get(run) for run in lr_study()]
+        budget_report.write_lr_study(results, tuned, OUT)
+    if args.study in ("all", "search"):
+        results = [get(run) for run in search_study(tuned.run.lr)]
+        budget_report.write_search_study(results, tuned, OUT)
+
+
+def _load(path: Path) -> Outcome:
+    data = json.loads(path.read_text())
+    data["run"] = Run(**{**data["run"], "options": _options(data["run"]["options"])})
+    data["curve"] = [tuple(point) for point in data["curve"]]
+    return Outcome(**data)
+
+
+def _options(options: list[list[Any]] | None) -> tuple[tuple[str, Any], ...] | None:
+    if options is None:
+        return None
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in options)
+
+
+if __name__ == "__main__":
+    main()

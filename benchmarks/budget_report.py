@@ -1,0 +1,212 @@
+"""Tables and plots for ``bench_budget.py``: the search study and the learning-rate sweep."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+TOLERANCE = 1e-4  # a run "reaches" a loss when it is within this of it, as in bench_reproduce
+
+
+def reached(outcome: Any, loss: float) -> tuple[int, int, float] | None:
+    """(step, FLOPs, train seconds) of the first test evaluation at or below ``loss``, if any."""
+    for step, flops, seconds, test_loss in outcome.curve:
+        if test_loss <= loss + TOLERANCE:
+            return step, flops, seconds
+    return None
+
+
+def loss_at_flops(outcome: Any, budget: int) -> float:
+    """The test loss of the last evaluation made within ``budget`` FLOPs (the curve starts at 0)."""
+    return [loss for _, flops, _, loss in outcome.curve if flops <= budget][-1]
+
+
+def _saved(cost: float, baseline: float) -> str:
+    return f"{1 - cost / baseline:+.0%}"
+
+
+def _mean_tau(outcome: Any) -> str:
+    return f"{statistics.mean(outcome.taus):.1f}" if outcome.taus else "-"
+
+
+def _evals_per_stage(outcome: Any) -> str:
+    return f"{outcome.evaluations / outcome.stages:.1f}" if outcome.stages else "-"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def search_table(results: list[Any]) -> str:
+    """One block per learning rate; savings are against that lr's Adam run."""
+    header = [
+        "lr", "run", "stages", "evals/stage", "mean τ", "max τ", "val evals",
+        "FLOPs saved to Adam's loss", "time saved to Adam's loss", "final test loss", "vs Adam",
+        "test loss at Adam's FLOPs", "vs Adam", "gave up at",
+    ]  # fmt: skip
+    rows = []
+    adam = {o.run.lr: o for o in results if not o.run.is_ff}
+    for o in results:
+        base = adam[o.run.lr]
+        hit = reached(o, base.final_loss) if o.run.is_ff else None
+        rows.append([
+            f"{o.run.lr:g}",
+            o.run.label,
+            str(o.stages) if o.run.is_ff else "",
+            _evals_per_stage(o) if o.run.is_ff else "",
+            _mean_tau(o) if o.run.is_ff else "",
+            str(max(o.taus, default=0)) if o.run.is_ff else "",
+            str(o.evaluations) if o.run.is_ff else "",
+            (_saved(hit[1], base.flops) if hit else "not reached") if o.run.is_ff else "",
+            (_saved(hit[2], base.seconds) if hit else "not reached") if o.run.is_ff else "",
+            f"{o.final_loss:.4f}",
+            f"{o.final_loss - base.final_loss:+.4f}" if o.run.is_ff else "",
+            f"{loss_at_flops(o, base.flops):.4f}",
+            f"{loss_at_flops(o, base.flops) - base.final_loss:+.4f}" if o.run.is_ff else "",
+            str(o.gave_up_at_step or "") if o.run.is_ff else "",
+        ])  # fmt: skip
+    return _markdown(header, rows)
+
+
+def write_search_study(results: list[Any], tuned: Any, out: Path) -> None:
+    table = search_table(results)
+    linear = {o.run.lr: o.evaluations for o in results if o.run.label == "linear (paper)"}
+    lines = [
+        table,
+        "",
+        "Saved to Adam's loss: 1 - (cost when the run first reached the final test loss of "
+        "plain Adam at the same lr) / (cost of Adam's whole run); FLOPs exact, time one repeat. "
+        "Final test loss: after the same 5 epochs of optimizer steps; at Adam's FLOPs: the last "
+        "test evaluation the run made within the FLOPs of Adam's whole run (stages cost FLOPs, "
+        "so this is the same compute budget).",
+        "Validation evaluations relative to linear search: "
+        + ", ".join(
+            f"{o.run.label} at lr {o.run.lr:g}: {o.evaluations / linear[o.run.lr]:.2f}"
+            for o in results
+            if o.run.is_ff and linear.get(o.run.lr)
+        ),
+        "",
+    ]
+    (out / "search_table.md").write_text("\n".join(lines))
+    print(table)
+
+
+def lr_table(results: list[Any], tuned: Any) -> str:
+    header = [
+        "lr", "Adam final", "FF final", "FF at Adam's FLOPs", "Adam best", "FF best", "gap closed",
+        "Adam reaches tuned at step", "FF reaches tuned at step", "Adam GFLOPs", "FF GFLOPs",
+        "FF / Adam time", "stages", "mean τ", "evals/stage", "FF gave up at",
+    ]  # fmt: skip
+    rows = []
+    pairs = _pairs(results)
+    for lr, (adam, ff) in pairs.items():
+        gap = adam.final_loss - tuned.final_loss
+        closed = (adam.final_loss - ff.final_loss) / gap if gap > TOLERANCE else None
+        adam_hit, ff_hit = reached(adam, tuned.final_loss), reached(ff, tuned.final_loss)
+        rows.append([
+            f"{lr:g}" + (" (tuned)" if lr == tuned.run.lr else ""),
+            f"{adam.final_loss:.4f}",
+            f"{ff.final_loss:.4f}",
+            f"{loss_at_flops(ff, adam.flops):.4f}",
+            f"{adam.best_loss:.4f}",
+            f"{ff.best_loss:.4f}",
+            f"{closed:.0%}" if closed is not None else "-",
+            str(adam_hit[0]) if adam_hit else "never",
+            str(ff_hit[0]) if ff_hit else "never",
+            f"{adam.flops / 1e9:.0f}",
+            f"{ff.flops / 1e9:.0f}",
+            f"{ff.seconds / adam.seconds:.2f}",
+            str(ff.stages),
+            _mean_tau(ff),
+            _evals_per_stage(ff),
+            str(ff.gave_up_at_step or "-"),
+        ])  # fmt: skip
+    return _markdown(header, rows)
+
+
+def _pairs(results: list[Any]) -> dict[float, tuple[Any, Any]]:
+    adam = {o.run.lr: o for o in results if not o.run.is_ff}
+    ff = {o.run.lr: o for o in results if o.run.is_ff}
+    return {lr: (adam[lr], ff[lr]) for lr in sorted(adam)}
+
+
+def sweep_cost(results: list[Any], tuned: Any) -> str:
+    """The Adam sweep's FLOPs against single Fast Forward runs at untuned learning rates."""
+    pairs = _pairs(results)
+    sweep = sum(adam.flops for adam, _ in pairs.values())
+    lines = [
+        f"The whole Adam sweep ({len(pairs)} runs) cost {sweep / 1e9:.0f} GFLOPs to find the tuned "
+        f"lr {tuned.run.lr:g} (final test loss {tuned.final_loss:.4f}). One Fast Forward run "
+        "instead, at a single untuned lr:",
+        "",
+    ]
+    for lr, (adam, ff) in pairs.items():
+        if lr == tuned.run.lr:
+            continue
+        lines.append(
+            f"- lr {lr:g}: {ff.flops / 1e9:.0f} GFLOPs ({ff.flops / sweep:.1%} of the sweep), "
+            f"final test loss {ff.final_loss:.4f} ({ff.final_loss - tuned.final_loss:+.4f} vs "
+            f"tuned Adam; plain Adam at this lr {adam.final_loss - tuned.final_loss:+.4f})"
+        )
+    return "\n".join(lines)
+
+
+def write_lr_study(results: list[Any], tuned: Any, out: Path) -> None:
+    table = lr_table(results, tuned)
+    text = "\n".join([table, "", sweep_cost(results, tuned), ""])
+    (out / "lr_table.md").write_text(text)
+    plot_final_loss_vs_lr(results, tuned, out / "final_loss_vs_lr.png")
+    plot_small_lr_vs_tuned(results, tuned, out / "small_lr_vs_tuned_adam.png")
+    print(text)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_final_loss_vs_lr(results: list[Any], tuned: Any, path: Path) -> None:
+    plt = _pyplot()
+    pairs = _pairs(results)
+    lrs = list(pairs)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(lrs, [a.final_loss for a, _ in pairs.values()], "o-", label="Adam")
+    ax.plot(lrs, [f.final_loss for _, f in pairs.values()], "s-", label="Fast Forward (defaults)")
+    ax.axhline(tuned.final_loss, color="gray", linestyle=":", label="tuned Adam")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final test loss after 5 epochs (nats/byte)")
+    ax.set_title("LoRA r=8, same budget: final loss across the learning-rate sweep")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_small_lr_vs_tuned(results: list[Any], tuned: Any, path: Path, count: int = 3) -> None:
+    """Test loss against FLOPs: Fast Forward and Adam at the ``count`` smallest lrs, tuned Adam."""
+    plt = _pyplot()
+    pairs = _pairs(results)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for index, (lr, (adam, ff)) in enumerate(list(pairs.items())[:count]):
+        color = f"C{index + 1}"
+        for outcome, style, name in ((ff, "-", "Fast Forward"), (adam, ":", "Adam")):
+            flops = [point[1] / 1e9 for point in outcome.curve]
+            losses = [point[3] for point in outcome.curve]
+            ax.plot(flops, losses, style, color=color, label=f"{name} lr {lr:g}")
+    flops = [point[1] / 1e9 for point in tuned.curve]
+    ax.plot(flops, [p[3] for p in tuned.curve], "-", color="black", linewidth=2,
+            label=f"tuned Adam lr {tuned.run.lr:g}")  # fmt: skip
+    ax.set_xlabel("training GFLOPs (FlopCounterMode, stages included)")
+    ax.set_ylabel("test loss (nats/byte)")
+    ax.set_title("Fast Forward at small learning rates against tuned Adam")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,80 @@
+"""The same-budget benchmark, CI-sized: its accounting, the reach rule and its reports."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("peft")
+pytest.importorskip("matplotlib")
+
+from benchmarks import bench_budget, budget_report, lm
+
+
+def _outcome(lr, losses, *, ff=False, flops_per_step=10):
+    run = bench_budget.ff(lr, "FF defaults") if ff else bench_budget.Run(lr, label="Adam")
+    curve = [(step, step * flops_per_step, float(step), loss) for step, loss in enumerate(losses)]
+    return bench_budget.Outcome(
+        run, final_loss=losses[-1], best_loss=min(losses), flops=curve[-1][1],
+        seconds=curve[-1][2], curve=curve, stages=1 if ff else 0, taus=[3] if ff else [],
+        evaluations=5 if ff else 0,
+    )  # fmt: skip
+
+
+def test_options_equal_to_the_library_defaults_do_not_change_the_run():
+    assert bench_budget.ff(1e-3, "a", search="parabolic").slug == bench_budget.ff(1e-3, "b").slug
+    assert bench_budget.ff(1e-3, "a", search="linear").slug == "ff-lr0.001-search=linear"
+    assert bench_budget.Run(1e-3).slug == "adam-lr0.001"
+
+
+def test_a_run_reaches_a_loss_at_its_first_evaluation_within_tolerance():
+    outcome = _outcome(1e-3, [3.0, 2.5, 2.0, 1.9])
+    assert budget_report.reached(outcome, 2.00005) == (2, 20, 2.0)
+    assert budget_report.reached(outcome, 1.8) is None
+
+
+def test_loss_at_a_flops_budget_is_the_last_evaluation_within_it():
+    outcome = _outcome(1e-3, [3.0, 2.5, 2.0, 1.9])
+    assert budget_report.loss_at_flops(outcome, 29) == 2.0
+    assert budget_report.loss_at_flops(outcome, 30) == 1.9
+
+
+def test_lr_report_closes_the_gap_and_prices_the_sweep(tmp_path):
+    results = [
+        _outcome(1e-4, [3.0, 2.8, 2.6]),
+        _outcome(1e-4, [3.0, 2.2, 2.1], ff=True),
+        _outcome(1e-2, [3.0, 2.1, 2.0]),
+        _outcome(1e-2, [3.0, 2.1, 2.05], ff=True),
+    ]
+    tuned = results[2]
+    budget_report.write_lr_study(results, tuned, tmp_path)
+    text = (tmp_path / "lr_table.md").read_text()
+    # lr 1e-4: Adam ends 0.6 above tuned, FF 0.1 above: 5/6 of the gap closed.
+    assert "| 0.0001 | 2.6000 | 2.1000 | 2.1000 | 2.6000 | 2.1000 | 83% | never | never |" in text
+    assert "The whole Adam sweep (2 runs) cost 0 GFLOPs" in text
+    assert (tmp_path / "final_loss_vs_lr.png").stat().st_size > 0
+    assert (tmp_path / "small_lr_vs_tuned_adam.png").stat().st_size > 0
+
+
+def test_a_tiny_run_with_rotation_and_adaptive_interval_counts_its_stages():
+    base = lm.load_pretrained(train_if_missing=False)
+    full = lm.finetune_splits(0, n_test=32)
+    splits = replace(full, train=full.train[:256])
+    pool = full.train[256 : 256 + 4 * len(full.val)]
+    run = bench_budget.ff(1e-3, "tiny", rotate=True, interval=2, adaptive_interval=(1, 4))
+    original = bench_budget.BATCH, bench_budget.EPOCHS
+    try:
+        bench_budget.BATCH, bench_budget.EPOCHS = 32, 2
+        outcome = bench_budget.train(run, base, splits, pool)
+    finally:
+        bench_budget.BATCH, bench_budget.EPOCHS = original
+    steps = 2 * 256 // 32
+    assert outcome.stages >= 1
+    assert outcome.curve[-1][0] == steps
+    assert outcome.flops == (
+        steps * outcome.train_step_flops
+        + outcome.evaluations * outcome.val_pass_flops
+        + 2 * (outcome.evaluations + outcome.stages) * 16_384
+    )
+    assert all(1 <= gap <= 4 for gap in outcome.intervals)
