@@ -70,8 +70,14 @@ class Run:
     def slug(self) -> str:
         if not self.is_ff:
             return f"adam-lr{self.lr:g}"
-        parts = [f"{k}={v}" for k, v in self.options or ()] + (["rotate"] if self.rotate else [])
+        parts = [f"{k}={_plain(v)}" for k, v in self.options or ()]
+        parts += ["rotate"] if self.rotate else []
         return f"ff-lr{self.lr:g}" + "".join(f"-{p}" for p in parts)
+
+
+def _plain(value: Any) -> str:
+    """An option's value for a file name: tuples as ``2-24``."""
+    return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def ff(lr: float, label: str, rotate: bool = False, **options: Any) -> Run:
