@@ -11,7 +11,17 @@ from pathlib import Path
 import fastforward
 
 API_MD = Path(__file__).resolve().parent / "api.md"
-EXTRA_MODULES = {"fastforward.hf": ["FastForwardCallback"]}  # optional-dependency modules
+EXTRA_MODULES = {  # names outside fastforward.__all__: search strategies, optional dependencies
+    "fastforward.functional": [
+        "Ray",
+        "SearchStrategy",
+        "linear_search",
+        "doubling_search",
+        "parabolic_search",
+        "warm_start_search",
+    ],
+    "fastforward.hf": ["FastForwardCallback"],
+}
 
 
 def _section(qualified: str, obj: object) -> str:
@@ -19,7 +29,9 @@ def _section(qualified: str, obj: object) -> str:
     if not doc:
         raise ValueError(f"{qualified} has no docstring")
     signature = ""
-    if callable(obj):
+    if inspect.isclass(obj) and getattr(obj, "_is_protocol", False):  # a callback protocol
+        signature = str(inspect.signature(obj.__call__)).replace("(self, ", "(", 1)
+    elif callable(obj):
         try:
             signature = str(inspect.signature(obj))
         except (TypeError, ValueError):

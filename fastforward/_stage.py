@@ -3,31 +3,46 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Protocol
 
 from torch import Tensor
 
 from fastforward._functional import _set_point_
 
 
-class _Ray:
-    """The points ``W_n + τΔ`` (τ = 0, 1, 2, ...) of one stage and the best one evaluated so far.
+class Ray:
+    """The points ``W_n + τΔ`` (τ = 0, 1, ..., ``max_tau``) of one stage, and the best one so far.
 
-    Search strategies only choose which τ to evaluate; the ray owns the parameters, so whatever
-    a strategy does, :meth:`land_` leaves them bitwise at the best point evaluated (``W_n`` until
-    a point beats the loss there). A loss counts as better only if it is finite and strictly
-    below the best, so NaN, inf and ties never move the landing point. Each τ is evaluated at
-    most once.
+    A search strategy receives a ray and only chooses which τ to :meth:`evaluate`; the ray owns
+    the parameters, so whatever a strategy does, the stage leaves them bitwise at the best point
+    evaluated (``W_n`` until a point beats the loss there). A loss counts as better only if it is
+    finite and strictly below the best, so NaN, inf and ties never move the landing point; ties
+    go to the point evaluated first. Each τ is evaluated at most once: asking again returns the
+    cached loss, so a strategy costs at most ``max_tau + 1`` evaluations, ``L_0`` included.
+    ``L_0`` (τ = 0) has been evaluated before a strategy is called.
+
+    Rays are made by :func:`~fastforward.fast_forward_stage` (and so by the wrapper), not by
+    user code.
 
     Args:
         params: The parameters being moved, mutated in place. They hold ``W_n`` on entry.
         anchor: A copy of ``W_n``, read only.
         delta: ``Δ = W_n - W_{n-1}``, read only.
         loss: Evaluates the validation loss at the current parameters.
+        max_tau: The largest τ that may be evaluated.
         foreach: Use the multi-tensor kernels.
-        min_improvement: Relative margin by which the best point must beat ``L_0`` for
-            :meth:`land_` to leave ``W_n``, e.g. 1e-3 for 0.1%. It judges the stage as a whole:
+        min_improvement: Relative margin by which the best point must beat ``L_0`` for the
+            stage to leave ``W_n``, e.g. 1e-3 for 0.1%. It judges the stage as a whole:
             single simulated steps at a small learning rate gain far less than any useful margin.
+
+    Attributes:
+        max_tau: The largest τ that may be evaluated.
+        best_tau: The best point evaluated so far (0 until one beats ``L_0``).
+        best_loss: Its loss (``inf`` before ``L_0`` is evaluated).
+        evaluations: Calls of the loss so far, ``L_0`` included.
     """
 
     def __init__(
@@ -37,6 +52,7 @@ class _Ray:
         delta: list[Tensor],
         loss: Callable[[], float],
         *,
+        max_tau: int,
         foreach: bool,
         min_improvement: float = 0.0,
     ) -> None:
@@ -44,46 +60,72 @@ class _Ray:
         self._loss, self._foreach = loss, foreach
         self._min_improvement = min_improvement
         self._position: int | None = 0  # None while a move is in flight: position unknown.
-        self.losses: dict[int, float] = {}
+        self._losses: dict[int, float] = {}
+        self.max_tau = max_tau
         self.best_tau = 0
         self.best_loss = math.inf
         self.evaluations = 0
 
     @property
+    def losses(self) -> Mapping[int, float]:
+        """Every loss evaluated so far, by τ, in the order evaluated (a read-only view)."""
+        return MappingProxyType(self._losses)
+
+    @property
     def loss_at_anchor(self) -> float:
         """``L_0``, NaN until evaluated."""
-        return self.losses.get(0, math.nan)
+        return self._losses.get(0, math.nan)
 
     def evaluate(self, tau: int) -> float:
-        """The validation loss at ``W_n + tau * Δ`` (moving the parameters there if not cached)."""
-        if tau in self.losses:
-            return self.losses[tau]
+        """The validation loss at ``W_n + tau * Δ`` (moving the parameters there if not cached).
+
+        Raises:
+            TypeError: ``tau`` is not an integer.
+            ValueError: ``tau`` is outside ``[0, max_tau]`` (or a bool).
+        """
+        tau = self._checked(tau)
+        if tau in self._losses:
+            return self._losses[tau]
         self._move_(tau)
         self.evaluations += 1  # counted even if the call raises: its cost was paid
-        loss = self.losses[tau] = self._loss()
+        loss = self._losses[tau] = self._loss()
         if self._beats_best(loss):
             self.best_tau, self.best_loss = tau, loss
         return loss
 
     def improves(self, tau: int) -> bool:
-        """Evaluate ``tau``; whether it became the best point."""
+        """Evaluate ``tau``; whether it is now the best point."""
         self.evaluate(tau)
         return self.best_tau == tau
 
-    def land_(self) -> None:
+    def _land_(self) -> None:
         """Leave the parameters bitwise at the best point evaluated, or at ``W_n``.
 
         ``W_n`` if no point beat ``L_0`` by ``min_improvement``; ``best_tau`` then becomes 0.
         """
         if self.best_tau != 0 and not self._clears_margin(self.best_loss):
-            self.best_tau, self.best_loss = 0, self.losses[0]
+            self.best_tau, self.best_loss = 0, self._losses[0]
         self._move_(self.best_tau)
+
+    def _checked(self, tau: object) -> int:
+        try:
+            index = operator.index(tau)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"fastforward: a search evaluated tau={tau!r}; tau must be an int"
+            ) from None
+        if isinstance(tau, bool) or not 0 <= index <= self.max_tau:
+            raise ValueError(
+                f"fastforward: a search evaluated tau={tau!r}; tau must be in [0, max_tau], "
+                f"max_tau={self.max_tau}"
+            )
+        return index
 
     def _beats_best(self, loss: float) -> bool:
         return math.isfinite(loss) and loss < self.best_loss
 
     def _clears_margin(self, loss: float) -> bool:
-        l0 = self.losses[0]
+        l0 = self._losses[0]
         return loss <= l0 - self._min_improvement * abs(l0)
 
     def _move_(self, tau: int) -> None:
@@ -94,7 +136,7 @@ class _Ray:
         self._position = tau
 
 
-def _linear_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
+def linear_search(ray: Ray, max_tau: int, start: int = 1) -> None:
     """The paper's search: τ = 1, 2, ... while the loss keeps improving, at most ``max_tau``.
 
     Costs ``τ* + 1`` evaluations after ``L_0`` (``max_tau`` when capped). ``start`` is ignored.
@@ -104,7 +146,7 @@ def _linear_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
             return
 
 
-def _bracket_search(ray: _Ray, max_tau: int, start: int = 1, *, interpolate: bool = False) -> None:
+def _bracket_search(ray: Ray, max_tau: int, start: int = 1, *, interpolate: bool = False) -> None:
     """Find the integer minimiser of a unimodal loss along Δ in ``O(log τ*)`` evaluations.
 
     From ``start``: double τ while the loss improves (or halve it while it does not beat
@@ -136,7 +178,7 @@ def _middle(a: int, m: int, b: int) -> int:
     return (a + m) // 2 if m - a > b - m else (m + b + 1) // 2
 
 
-def _vertex(ray: _Ray, a: int, m: int, b: int) -> int:
+def _vertex(ray: Ray, a: int, m: int, b: int) -> int:
     """The integer nearest the vertex of the parabola through a, m, b, strictly inside (a, b)."""
     fa, fm, fb = ray.losses[a], ray.losses[m], ray.losses[b]
     numerator = (m - a) ** 2 * (fm - fb) - (m - b) ** 2 * (fm - fa)
@@ -155,7 +197,7 @@ def _vertex(ray: _Ray, a: int, m: int, b: int) -> int:
     return other if a < other < b and other not in ray.losses else _middle(a, m, b)
 
 
-def _bracket(ray: _Ray, max_tau: int, start: int) -> tuple[int, int, int]:
+def _bracket(ray: Ray, max_tau: int, start: int) -> tuple[int, int, int]:
     """``(a, m, b)`` with ``m`` the best point so far and the minimiser in ``(a, b)``."""
     if ray.improves(start):
         low, tau = 0, start
@@ -174,26 +216,55 @@ def _bracket(ray: _Ray, max_tau: int, start: int) -> tuple[int, int, int]:
     return 0, 0, 0  # not even τ = 1 improves
 
 
-def _doubling_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
-    """:func:`_bracket_search` from τ = 1, whatever ``start`` says."""
+def doubling_search(ray: Ray, max_tau: int, start: int = 1) -> None:
+    """τ = 1, 2, 4, ... while the loss improves, then bisection inside the last bracket.
+
+    On a loss convex along Δ it finds the same τ as :func:`linear_search` in at most
+    ``3 ceil(log2(τ* + 1)) + 5`` evaluations, ``L_0`` included; on other shapes a local minimum.
+    ``start`` is ignored.
+    """
     _bracket_search(ray, max_tau, 1)
 
 
-def _parabolic_search(ray: _Ray, max_tau: int, start: int = 1) -> None:
-    """:func:`_bracket_search` from τ = 1, refining the bracket by parabolic interpolation."""
+def parabolic_search(ray: Ray, max_tau: int, start: int = 1) -> None:
+    """As :func:`doubling_search`, but probing the vertex of the parabola through the bracket.
+
+    Falls back to bisection whenever a probe did not halve the bracket, so it keeps the bound of
+    :func:`doubling_search` and needs fewer evaluations on smooth losses. ``start`` is ignored.
+    """
     _bracket_search(ray, max_tau, 1, interpolate=True)
 
 
-SearchFn = Callable[[_Ray, int, int], None]
+def warm_start_search(ray: Ray, max_tau: int, start: int = 1) -> None:
+    """As :func:`doubling_search`, but bracketing outwards from ``start`` instead of τ = 1.
 
-SEARCHES: dict[str, SearchFn] = {
-    "linear": _linear_search,
-    "doubling": _doubling_search,
-    "parabolic": _parabolic_search,
-    "warm_start": _bracket_search,
+    ``start`` is the previous stage's τ* in the wrapper (τ* changes slowly over training, paper
+    Fig. 11): doubling from there while the loss improves, halving while it does not beat
+    ``L_0``. Cheapest when τ* is near ``start``; no bound of its own beyond ``max_tau + 1``.
+    """
+    _bracket_search(ray, max_tau, start)
+
+
+class SearchStrategy(Protocol):
+    """How a stage chooses the points to evaluate: ``strategy(ray, max_tau, start)``.
+
+    It calls :meth:`Ray.evaluate` (or :meth:`Ray.improves`) on τ in ``[0, max_tau]`` and
+    returns; the stage then lands on the best point evaluated. It must return, and decide from
+    the losses alone: under DDP every rank sees the same all-reduced losses, so a deterministic
+    strategy makes the same decisions on every rank. ``start`` is a hint, at least 1: the
+    previous stage's τ* in the wrapper. Any function with this signature will do.
+    """
+
+    def __call__(self, ray: Ray, max_tau: int, start: int, /) -> None: ...
+
+
+SEARCHES: dict[str, SearchStrategy] = {
+    "linear": linear_search,
+    "doubling": doubling_search,
+    "parabolic": parabolic_search,
+    "warm_start": warm_start_search,
 }
-"""Search strategies by name, called as ``search(ray, max_tau, start)``; only ``warm_start``
-uses ``start`` (the previous stage's τ*)."""
+"""The built-in strategies, by the name ``search=`` accepts."""
 
 
 DEFAULT_SEARCH = "parabolic"
@@ -204,5 +275,25 @@ DEFAULT_MIN_IMPROVEMENT = 1e-3
 
 
 def _check_search(search: object) -> None:
-    if search not in SEARCHES:
-        raise ValueError(f"fastforward: search must be one of {sorted(SEARCHES)}, got {search!r}")
+    if callable(search):
+        return
+    if not isinstance(search, str) or search not in SEARCHES:
+        raise ValueError(
+            f"fastforward: search must be one of {sorted(SEARCHES)} or a callable "
+            f"(ray, max_tau, start), got {search!r}"
+        )
+
+
+def _strategy(search: str | SearchStrategy) -> SearchStrategy:
+    return SEARCHES[search] if isinstance(search, str) else search
+
+
+def _search_name(search: str | SearchStrategy) -> str:
+    """The built-in name of ``search``, else the callable's ``module.qualname``."""
+    if isinstance(search, str):
+        return search
+    for name, strategy in SEARCHES.items():
+        if search is strategy:
+            return name
+    owner = search if hasattr(search, "__qualname__") else type(search)
+    return f"{owner.__module__}.{owner.__qualname__}"

@@ -1,7 +1,9 @@
-"""A Fast Forward stage as a plain function, for research code that has no optimizer to wrap.
+"""A Fast Forward stage and its search strategies as plain functions, for research code.
 
-:class:`~fastforward.FastForward` runs exactly this function after its scheduled steps; here it
-works on any list of tensors with any loss callable.
+:class:`~fastforward.FastForward` runs exactly :func:`fast_forward_stage` after its scheduled
+steps; here it works on any list of tensors with any loss callable. ``search=`` takes the name of
+a built-in strategy or any :class:`SearchStrategy`: a function that evaluates points on a
+:class:`Ray` and returns, after which the stage lands on the best point evaluated.
 """
 
 from __future__ import annotations
@@ -18,9 +20,27 @@ from fastforward._stage import (
     DEFAULT_MIN_IMPROVEMENT,
     DEFAULT_SEARCH,
     SEARCHES,
+    Ray,
+    SearchStrategy,
     _check_search,
-    _Ray,
+    _strategy,
+    doubling_search,
+    linear_search,
+    parabolic_search,
+    warm_start_search,
 )
+
+__all__ = [
+    "SEARCH_STRATEGIES",
+    "Ray",
+    "SearchStrategy",
+    "StageResult",
+    "doubling_search",
+    "fast_forward_stage",
+    "linear_search",
+    "parabolic_search",
+    "warm_start_search",
+]
 
 SEARCH_STRATEGIES = tuple(SEARCHES)
 """Names accepted by ``search=``."""
@@ -48,7 +68,7 @@ def fast_forward_stage(
     delta: list[Tensor],
     loss: Callable[[], float],
     *,
-    search: str = DEFAULT_SEARCH,
+    search: str | SearchStrategy = DEFAULT_SEARCH,
     max_tau: int = 1000,
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
     start: int = 1,
@@ -71,17 +91,22 @@ def fast_forward_stage(
         params: Tensors holding ``W_n``; moved in place.
         delta: The direction, one tensor per entry of ``params`` (same shape, dtype, device).
         loss: Zero-argument callable returning the loss at the current ``params`` as a float.
-        search: ``"linear"`` (the paper's), ``"doubling"``, ``"parabolic"`` or ``"warm_start"``;
-            see :class:`~fastforward.FastForward` (default: ``"parabolic"``, as there).
+        search: ``"linear"`` (the paper's), ``"doubling"``, ``"parabolic"`` or ``"warm_start"``
+            (see :class:`~fastforward.FastForward`), or a :class:`SearchStrategy` of your own,
+            called as ``search(ray, max_tau, start)`` (default: ``"parabolic"``, as there).
         max_tau: Largest τ evaluated (default: 1000).
         min_improvement: Land on the best point only if it beats ``L_0`` by this fraction of
             ``|L_0|``, else stay at ``W_n`` with ``tau == 0`` (default: 1e-3, as there).
-        start: First τ tried by ``"warm_start"`` (default: 1).
+        start: First τ tried by ``"warm_start"``; passed on to every strategy (default: 1).
         anchor: Preallocated buffers for the copy of ``W_n`` (default: allocated here).
         foreach: Use ``torch._foreach_*`` kernels; ``None`` means yes.
 
     Returns:
         A :class:`StageResult`.
+
+    Raises:
+        ValueError: ``search`` names no strategy, ``max_tau < 1``, or the strategy evaluated a
+            τ outside ``[0, max_tau]`` (the parameters are then at the best point so far).
 
     Example:
         >>> import torch
@@ -91,6 +116,16 @@ def fast_forward_stage(
         >>> result = fast_forward_stage(w, [torch.tensor([1.0])], loss)
         >>> result.tau, w[0].item(), result.evaluations  # linear search: 32 evaluations
         (30, 30.0, 14)
+
+        A strategy of your own only chooses the points; the stage still lands on the best one:
+
+        >>> def coarse_grid(ray, max_tau, start):
+        ...     for tau in (8, 16, 32):
+        ...         ray.evaluate(tau)
+        >>> w[0] = torch.tensor([0.0])
+        >>> result = fast_forward_stage(w, [torch.tensor([1.0])], loss, search=coarse_grid)
+        >>> result.tau, w[0].item(), result.evaluations
+        (32, 32.0, 4)
 
     .. note::
         Memory: one copy of ``params`` (the anchor), unless ``anchor`` is given.
@@ -103,13 +138,19 @@ def fast_forward_stage(
         if anchor is None:
             anchor = [torch.empty_like(p) for p in params]
         _copy_(anchor, params, foreach=use_foreach)
-        ray = _Ray(
-            params, anchor, delta, loss, foreach=use_foreach, min_improvement=min_improvement
+        ray = Ray(
+            params,
+            anchor,
+            delta,
+            loss,
+            max_tau=max_tau,
+            foreach=use_foreach,
+            min_improvement=min_improvement,
         )
         try:
             if math.isfinite(ray.evaluate(0)):
-                SEARCHES[search](ray, max_tau, start)
+                _strategy(search)(ray, max_tau, start)
         finally:
-            ray.land_()
+            ray._land_()
     loss_after = ray.best_loss if ray.best_loss < math.inf else ray.loss_at_anchor
     return StageResult(ray.best_tau, ray.loss_at_anchor, loss_after, ray.evaluations)

@@ -23,7 +23,14 @@ from fastforward._distributed import (
 )
 from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
 from fastforward._modes import _eval_mode
-from fastforward._stage import DEFAULT_MIN_IMPROVEMENT, DEFAULT_SEARCH, _check_search
+from fastforward._stage import (
+    DEFAULT_MIN_IMPROVEMENT,
+    DEFAULT_SEARCH,
+    SEARCHES,
+    SearchStrategy,
+    _check_search,
+    _search_name,
+)
 from fastforward._stats import FastForwardStats, StageRecord
 from fastforward.functional import fast_forward_stage
 
@@ -105,6 +112,10 @@ class FastForward(Optimizer):
               evaluations than ``"doubling"`` on smooth losses, with the same bound.
             - ``"warm_start"``: as ``"doubling"``, but starting from the previous stage's τ*,
               which changes slowly over training (paper Fig. 11).
+            - a :class:`~fastforward.functional.SearchStrategy` of your own, called as
+              ``search(ray, max_tau, start)`` with ``start`` the previous stage's τ* (at least
+              1); the stage lands on the best point it evaluated. A checkpoint records only its
+              name, so the wrapper that loads it must be given the same callable.
         min_improvement: A stage leaves ``W_n`` only if its best point beats ``L_0`` by this
             fraction of ``|L_0|``, e.g. ``1e-3``; otherwise it counts as ``τ = 0`` (also for the
             give-up rule). It judges the stage as a whole, not each simulated step, which at a
@@ -164,7 +175,7 @@ class FastForward(Optimizer):
         max_tau_ratio: float | None = None,
         adaptive_interval: tuple[int, int] | None = None,
         patience: int | None = 3,
-        search: str = DEFAULT_SEARCH,
+        search: str | SearchStrategy = DEFAULT_SEARCH,
         min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
         enabled: bool = True,
         on_stage: StageCallback | None = None,
@@ -230,7 +241,8 @@ class FastForward(Optimizer):
         return (
             f"FastForward(interval={self.interval}, warmup={self.warmup}, max_tau={self.max_tau}, "
             f"max_tau_ratio={self.max_tau_ratio}, adaptive_interval={self.adaptive_interval}, "
-            f"patience={self.patience}, search={self.search!r}, active={self.active},\n"
+            f"patience={self.patience}, search={_search_name(self.search)!r}, "
+            f"active={self.active},\n"
             f"{self.optimizer!r})"
         )
 
@@ -306,6 +318,10 @@ class FastForward(Optimizer):
                 state_dict = hooked
         base_state = dict(state_dict)
         wrapper_state = base_state.pop(_keys.WRAPPER, None)
+        # Checked before anything is loaded, so that a rejected dict changes nothing.
+        hyperparameters = (
+            {} if wrapper_state is None else self._saved_hyperparameters(wrapper_state)
+        )
         self.optimizer.load_state_dict(base_state)
         # Optimizer.load_state_dict replaces the base's containers with new objects.
         self._share_base_containers()
@@ -316,7 +332,7 @@ class FastForward(Optimizer):
                 _keys.WRAPPER,
             )
         else:
-            self._load_wrapper_state(wrapper_state)
+            self._load_wrapper_state(wrapper_state, hyperparameters)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -474,7 +490,7 @@ class FastForward(Optimizer):
                     None if self.adaptive_interval is None else list(self.adaptive_interval)
                 ),
                 "patience": self.patience,
-                "search": self.search,
+                "search": _search_name(self.search),
                 "min_improvement": self.min_improvement,
             },
             _keys.ENABLED: self.enabled,
@@ -486,15 +502,20 @@ class FastForward(Optimizer):
             _keys.STATS: self.stats.to_dict(),
         }
 
-    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
+    def _saved_hyperparameters(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The hyperparameters of a saved wrapper state, checked; raises if it can't be loaded."""
         version = state.get(_keys.VERSION)
         if version != _keys.FORMAT_VERSION:
             raise ValueError(
                 f"fastforward: state_dict format version {version!r} is not supported "
                 f"(this version reads {_keys.FORMAT_VERSION})"
             )
-        hyperparameters = state[_keys.HYPERPARAMETERS]
+        hyperparameters = dict(state[_keys.HYPERPARAMETERS])
+        hyperparameters["search"] = self._saved_search(hyperparameters["search"])
         _check_hyperparameters(**hyperparameters)
+        return hyperparameters
+
+    def _load_wrapper_state(self, state: dict[str, Any], hyperparameters: dict[str, Any]) -> None:
         for name, value in hyperparameters.items():
             setattr(self, name, value)
         if self.adaptive_interval is not None:
@@ -507,6 +528,17 @@ class FastForward(Optimizer):
         self._interval_now = int(state.get(_keys.INTERVAL_NOW, self.interval))
         self._last_scheduled_step = int(state.get(_keys.LAST_SCHEDULED_STEP, self.warmup))
         self.stats = FastForwardStats.from_dict(state[_keys.STATS])
+
+    def _saved_search(self, name: object) -> object:
+        """The strategy a checkpoint names: a built-in, or this wrapper's own callable."""
+        if not isinstance(name, str) or name in SEARCHES:
+            return name
+        if callable(self.search) and _search_name(self.search) == name:
+            return self.search
+        raise ValueError(
+            f"fastforward: the checkpoint was saved with the search strategy {name!r}; pass "
+            "that callable as search= to the wrapper that loads it"
+        )
 
 
 def _check_kinds(optimizer: object, model: object, val_closure: object, on_stage: object) -> None:

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import fastforward
+import fastforward.functional
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -25,3 +26,6 @@ def test_every_public_name_has_a_section():
     text = (DOCS / "api.md").read_text()
     for name in fastforward.__all__:
         assert f"## `fastforward.{name}`" in text, name
+    for name in fastforward.functional.__all__:
+        sections = (f"## `fastforward.{name}`", f"## `fastforward.functional.{name}`")
+        assert any(section in text for section in sections), name

@@ -152,6 +152,7 @@ def _adam():
         ({"optimizer": object()}, TypeError, "optimizer must be a torch.optim.Optimizer"),
         ({"on_stage": 3}, TypeError, "on_stage must be callable or None"),
         ({"search": "golden"}, ValueError, "search must be one of"),
+        ({"search": 3}, ValueError, r"or a callable \(ray, max_tau, start\), got 3"),
         ({"min_improvement": 1.0}, ValueError, r"min_improvement must be in \[0, 1\), got 1.0"),
         ({"min_improvement": "0.1"}, TypeError, "min_improvement must be a float"),
         ({"max_tau_ratio": 0.0}, ValueError, "max_tau_ratio must be positive and finite, got 0.0"),

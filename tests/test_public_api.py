@@ -1,6 +1,7 @@
 import inspect
 
 import fastforward
+import fastforward.functional
 
 
 def test_public_names_are_pinned():
@@ -12,6 +13,20 @@ def test_public_names_are_pinned():
         "StageResult",
         "fast_forward_stage",
         "validation_closure",
+    ]
+
+
+def test_functional_names_are_pinned():
+    assert sorted(fastforward.functional.__all__) == [
+        "Ray",
+        "SEARCH_STRATEGIES",
+        "SearchStrategy",
+        "StageResult",
+        "doubling_search",
+        "fast_forward_stage",
+        "linear_search",
+        "parabolic_search",
+        "warm_start_search",
     ]
 
 

@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from reference import bitwise_equal, integer_minimiser
 
-from fastforward._stage import SEARCHES, _Ray
+from fastforward._stage import SEARCHES, Ray
 
 # A tie φ(τ) = φ(τ-1) is decided by rounding; keep the continuous minimiser away from half-integers.
 TIE_MARGIN = 1e-6
@@ -23,7 +23,9 @@ def evaluation_bound(search: str, tau: int, max_tau: int) -> int:
     return 3 * math.ceil(math.log2(tau + 1)) + 5
 
 
-def _parabola_ray(center: float, curvature: float, offset: float, min_improvement: float = 0.0):
+def _parabola_ray(
+    center: float, curvature: float, offset: float, min_improvement: float = 0.0, max_tau=1000
+):
     """A one-element "parameter" x = τ (Δ = 1) scored by ``offset + curvature (x - center)²``."""
     params = [torch.zeros(1, dtype=torch.float64)]
     anchor, delta = [torch.zeros(1, dtype=torch.float64)], [torch.ones(1, dtype=torch.float64)]
@@ -31,7 +33,15 @@ def _parabola_ray(center: float, curvature: float, offset: float, min_improvemen
     def loss():
         return offset + curvature * (params[0].item() - center) ** 2
 
-    ray = _Ray(params, anchor, delta, loss, foreach=True, min_improvement=min_improvement)
+    ray = Ray(
+        params,
+        anchor,
+        delta,
+        loss,
+        max_tau=max_tau,
+        foreach=True,
+        min_improvement=min_improvement,
+    )
     return ray, params
 
 
@@ -50,10 +60,10 @@ def test_search_finds_the_integer_minimiser_within_its_bound(
     search, center, curvature, offset, max_tau, start
 ):
     assume(abs(center + 0.5 - round(center + 0.5)) > TIE_MARGIN)
-    ray, params = _parabola_ray(center, curvature, offset)
+    ray, params = _parabola_ray(center, curvature, offset, max_tau=max_tau)
     ray.evaluate(0)
     SEARCHES[search](ray, max_tau, start)
-    ray.land_()
+    ray._land_()
 
     # φ(τ) - φ(τ-1) = c(2τ - 1 - 2·center): in the closed form's b, c terms, b = -2c·center.
     expected = integer_minimiser(-2 * curvature * center, 2 * curvature, max_tau)
@@ -77,11 +87,11 @@ def test_any_loss_sequence_lands_bitwise_on_the_best_point_never_above_l0(search
         at.append(tau)
         return losses[tau % len(losses)]
 
-    ray = _Ray(params, anchor, delta, loss, foreach=True)
+    ray = Ray(params, anchor, delta, loss, max_tau=len(losses) * 3, foreach=True)
     l0 = ray.evaluate(0)
     assume(math.isfinite(l0))
     SEARCHES[search](ray, len(losses) * 3, 1)
-    ray.land_()
+    ray._land_()
 
     assert len(at) == len(set(at))  # no point evaluated twice
     finite = {t: losses[t % len(losses)] for t in at if math.isfinite(losses[t % len(losses)])}
@@ -106,7 +116,7 @@ def test_min_improvement_keeps_w_n_unless_the_best_point_beats_l0_by_the_margin(
     for ray in (plain, guarded):
         ray.evaluate(0)
         SEARCHES[search](ray, 1000, 1)
-        ray.land_()
+        ray._land_()
 
     assert guarded.losses == plain.losses  # the margin judges the stage, not the search
     l0 = plain.losses[0]
