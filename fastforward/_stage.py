@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -38,11 +39,6 @@ class Ray:
             stage to leave ``W_n``, e.g. 1e-3 for 0.1%. It judges the stage as a whole:
             single simulated steps at a small learning rate gain far less than any useful margin.
 
-    Attributes:
-        max_tau: The largest τ that may be evaluated.
-        best_tau: The best point evaluated so far (0 until one beats ``L_0``).
-        best_loss: Its loss (``inf`` before ``L_0`` is evaluated).
-        evaluations: Calls of the loss so far, ``L_0`` included.
     """
 
     def __init__(
@@ -61,10 +57,30 @@ class Ray:
         self._min_improvement = min_improvement
         self._position: int | None = 0  # None while a move is in flight: position unknown.
         self._losses: dict[int, float] = {}
-        self.max_tau = max_tau
-        self.best_tau = 0
-        self.best_loss = math.inf
-        self.evaluations = 0
+        self._max_tau = max_tau
+        self._best_tau = 0
+        self._best_loss = math.inf
+        self._evaluations = 0
+
+    @property
+    def max_tau(self) -> int:
+        """The largest τ that may be evaluated."""
+        return self._max_tau
+
+    @property
+    def best_tau(self) -> int:
+        """The best point evaluated so far (0 until one beats ``L_0``)."""
+        return self._best_tau
+
+    @property
+    def best_loss(self) -> float:
+        """Its loss (``inf`` before ``L_0`` is evaluated)."""
+        return self._best_loss
+
+    @property
+    def evaluations(self) -> int:
+        """Calls of the loss so far, ``L_0`` included."""
+        return self._evaluations
 
     @property
     def losses(self) -> Mapping[int, float]:
@@ -80,17 +96,17 @@ class Ray:
         """The validation loss at ``W_n + tau * Δ`` (moving the parameters there if not cached).
 
         Raises:
-            TypeError: ``tau`` is not an integer.
-            ValueError: ``tau`` is outside ``[0, max_tau]`` (or a bool).
+            TypeError: ``tau`` is not an integer (a bool is not).
+            ValueError: ``tau`` is outside ``[0, max_tau]``.
         """
         tau = self._checked(tau)
         if tau in self._losses:
             return self._losses[tau]
         self._move_(tau)
-        self.evaluations += 1  # counted even if the call raises: its cost was paid
+        self._evaluations += 1  # counted even if the call raises: its cost was paid
         loss = self._losses[tau] = self._loss()
         if self._beats_best(loss):
-            self.best_tau, self.best_loss = tau, loss
+            self._best_tau, self._best_loss = tau, loss
         return loss
 
     def improves(self, tau: int) -> bool:
@@ -103,18 +119,20 @@ class Ray:
 
         ``W_n`` if no point beat ``L_0`` by ``min_improvement``; ``best_tau`` then becomes 0.
         """
-        if self.best_tau != 0 and not self._clears_margin(self.best_loss):
-            self.best_tau, self.best_loss = 0, self._losses[0]
-        self._move_(self.best_tau)
+        if self._best_tau != 0 and not self._clears_margin(self._best_loss):
+            self._best_tau, self._best_loss = 0, self._losses[0]
+        self._move_(self._best_tau)
 
     def _checked(self, tau: object) -> int:
         try:
+            if isinstance(tau, bool):
+                raise TypeError
             index = operator.index(tau)  # type: ignore[arg-type]
         except TypeError:
             raise TypeError(
                 f"fastforward: a search evaluated tau={tau!r}; tau must be an int"
             ) from None
-        if isinstance(tau, bool) or not 0 <= index <= self.max_tau:
+        if not 0 <= index <= self._max_tau:
             raise ValueError(
                 f"fastforward: a search evaluated tau={tau!r}; tau must be in [0, max_tau], "
                 f"max_tau={self.max_tau}"
@@ -122,7 +140,7 @@ class Ray:
         return index
 
     def _beats_best(self, loss: float) -> bool:
-        return math.isfinite(loss) and loss < self.best_loss
+        return math.isfinite(loss) and loss < self._best_loss
 
     def _clears_margin(self, loss: float) -> bool:
         l0 = self._losses[0]
@@ -251,8 +269,9 @@ class SearchStrategy(Protocol):
     It calls :meth:`Ray.evaluate` (or :meth:`Ray.improves`) on τ in ``[0, max_tau]`` and
     returns; the stage then lands on the best point evaluated. It must return, and decide from
     the losses alone: under DDP every rank sees the same all-reduced losses, so a deterministic
-    strategy makes the same decisions on every rank. ``start`` is a hint, at least 1: the
-    previous stage's τ* in the wrapper. Any function with this signature will do.
+    strategy makes the same decisions on every rank. ``start`` is a hint in ``[1, max_tau]``: the
+    previous stage's τ* in the wrapper (1 if that was 0). What it returns is ignored. Any
+    function with this signature will do.
     """
 
     def __call__(self, ray: Ray, max_tau: int, start: int, /) -> None: ...
@@ -289,11 +308,18 @@ def _strategy(search: str | SearchStrategy) -> SearchStrategy:
 
 
 def _search_name(search: str | SearchStrategy) -> str:
-    """The built-in name of ``search``, else the callable's ``module.qualname``."""
+    """How a checkpoint names ``search``: a built-in's name, else ``module.qualname``.
+
+    A ``functools.partial`` is named by its function and the ``repr`` of its arguments.
+    """
     if isinstance(search, str):
         return search
     for name, strategy in SEARCHES.items():
         if search is strategy:
             return name
+    if isinstance(search, functools.partial):
+        arguments = [repr(argument) for argument in search.args]
+        arguments += [f"{key}={value!r}" for key, value in search.keywords.items()]
+        return f"functools.partial({', '.join([_search_name(search.func), *arguments])})"
     owner = search if hasattr(search, "__qualname__") else type(search)
     return f"{owner.__module__}.{owner.__qualname__}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fastforward._checks import _check_int, _check_min_improvement
 from fastforward._functional import _copy_
 from fastforward._stage import (
     DEFAULT_MIN_IMPROVEMENT,
@@ -97,7 +98,8 @@ def fast_forward_stage(
         max_tau: Largest τ evaluated (default: 1000).
         min_improvement: Land on the best point only if it beats ``L_0`` by this fraction of
             ``|L_0|``, else stay at ``W_n`` with ``tau == 0`` (default: 1e-3, as there).
-        start: First τ tried by ``"warm_start"``; passed on to every strategy (default: 1).
+        start: First τ tried by ``"warm_start"``, a hint passed on to every strategy; capped
+            at ``max_tau`` (default: 1).
         anchor: Preallocated buffers for the copy of ``W_n`` (default: allocated here).
         foreach: Use ``torch._foreach_*`` kernels; ``None`` means yes.
 
@@ -105,8 +107,10 @@ def fast_forward_stage(
         A :class:`StageResult`.
 
     Raises:
-        ValueError: ``search`` names no strategy, ``max_tau < 1``, or the strategy evaluated a
-            τ outside ``[0, max_tau]`` (the parameters are then at the best point so far).
+        ValueError: ``search`` names no strategy, ``max_tau`` or ``start`` is below 1,
+            ``min_improvement`` is outside ``[0, 1)``, or the strategy evaluated a τ outside
+            ``[0, max_tau]`` (the parameters are then at the best point so far).
+        TypeError: an argument, or a τ the strategy evaluated, has the wrong type.
 
     Example:
         >>> import torch
@@ -114,7 +118,7 @@ def fast_forward_stage(
         >>> w = [torch.tensor([0.0])]
         >>> loss = lambda: float((w[0] - 30.2) ** 2)
         >>> result = fast_forward_stage(w, [torch.tensor([1.0])], loss)
-        >>> result.tau, w[0].item(), result.evaluations  # linear search: 32 evaluations
+        >>> result.tau, w[0].item(), result.evaluations  # linear search would need 32
         (30, 30.0, 14)
 
         A strategy of your own only chooses the points; the stage still lands on the best one:
@@ -131,8 +135,10 @@ def fast_forward_stage(
         Memory: one copy of ``params`` (the anchor), unless ``anchor`` is given.
     """
     _check_search(search)
-    if max_tau < 1:
-        raise ValueError(f"fastforward: max_tau must be >= 1, got {max_tau}")
+    _check_int("max_tau", max_tau, 1)
+    _check_min_improvement(min_improvement)
+    _check_int("start", start, 1)
+    start = min(start, max_tau)
     use_foreach = True if foreach is None else foreach
     with torch.no_grad():
         if anchor is None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fastforward import _keys
+from fastforward._checks import _check_int, _check_min_improvement
 from fastforward._distributed import (
     _collective_device,
     _local_shard,
@@ -56,16 +57,19 @@ class FastForward(Optimizer):
     The paper's search evaluates τ = 1, 2, ... until the loss stops improving; the default
     (``search="parabolic"``) finds the same τ on a loss that is convex along Δ in O(log τ*)
     evaluations. Non-finite losses never count as improvements and τ never exceeds ``max_tau``.
-    The parameters are then left **bitwise** at the best point evaluated, ``W_n`` itself if
-    ``τ = 1`` did not improve on ``L_0``. So a stage never leaves the
+    The parameters are then left **bitwise** at the best point evaluated, ``W_n`` itself if no
+    point beat ``L_0`` by ``min_improvement`` (the stage then accepted ``τ = 0``). So a stage
+    never leaves the
     validation loss above where it started, also when ``val_closure`` raises (the exception
     propagates after the rollback, and training can go on). Stages never touch the wrapped
     optimizer's state, gradients or learning rates, and are not optimizer steps. A step whose
     ``Δ`` is all zero or not finite (for example one skipped by a ``GradScaler``) runs no stage.
 
-    Give-up rule (paper §5.1): after ``patience`` stages in a row in which ``τ = 1`` did not
-    improve, Fast Forward switches itself off for good and the wrapper behaves exactly like the
-    bare optimizer.
+    Give-up rule (paper §5.1): after ``patience`` stages in a row that accepted ``τ = 0``, Fast
+    Forward switches itself off for good and the wrapper behaves exactly like the bare
+    optimizer. With ``min_improvement=0`` and the paper's linear search that is the paper's rule
+    (τ = 1 did not improve); with the default margin a stage whose best point gained less than
+    0.1% counts as failed too.
 
     The wrapper *is* a :class:`torch.optim.Optimizer`: it shares ``param_groups``, ``state`` and
     ``defaults`` with the wrapped optimizer (the same objects), so LR schedulers, gradient
@@ -96,8 +100,9 @@ class FastForward(Optimizer):
             (``shortest <= interval <= longest``): after a stage that accepted ``τ >= interval``
             the interval halves (stages are paying off, run them more often), after one that
             accepted ``τ <= 1`` it doubles; the next stage runs that many steps after the last
-            scheduled one (default: ``None``, every ``interval`` steps).
-        patience: Stages in a row with ``τ = 1`` not improving before Fast Forward gives up for
+            scheduled one, or at the first step back after a pause with ``enabled=False`` that
+            outlasted it (default: ``None``, every ``interval`` steps).
+        patience: Stages in a row that accepted ``τ = 0`` before Fast Forward gives up for
             good; ``None`` never gives up (default: 3, as in the paper).
         search: How a stage looks for the best τ (default: ``"parabolic"``, the cheapest on the
             benchmark in ``docs/results.md``: 23 validation passes where linear search needed 532,
@@ -115,7 +120,9 @@ class FastForward(Optimizer):
             - a :class:`~fastforward.functional.SearchStrategy` of your own, called as
               ``search(ray, max_tau, start)`` with ``start`` the previous stage's τ* (at least
               1); the stage lands on the best point it evaluated. A checkpoint records only its
-              name, so the wrapper that loads it must be given the same callable.
+              name (``module.qualname``; a ``functools.partial`` with its arguments), so the
+              wrapper that loads it must be given the same callable. Lambdas and callable
+              objects are known only by module and class, so prefer a module-level function.
         min_improvement: A stage leaves ``W_n`` only if its best point beats ``L_0`` by this
             fraction of ``|L_0|``, e.g. ``1e-3``; otherwise it counts as ``τ = 0`` (also for the
             give-up rule). It judges the stage as a whole, not each simulated step, which at a
@@ -319,9 +326,7 @@ class FastForward(Optimizer):
         base_state = dict(state_dict)
         wrapper_state = base_state.pop(_keys.WRAPPER, None)
         # Checked before anything is loaded, so that a rejected dict changes nothing.
-        hyperparameters = (
-            {} if wrapper_state is None else self._saved_hyperparameters(wrapper_state)
-        )
+        parsed = {} if wrapper_state is None else self._parse_wrapper_state(wrapper_state)
         self.optimizer.load_state_dict(base_state)
         # Optimizer.load_state_dict replaces the base's containers with new objects.
         self._share_base_containers()
@@ -332,7 +337,8 @@ class FastForward(Optimizer):
                 _keys.WRAPPER,
             )
         else:
-            self._load_wrapper_state(wrapper_state, hyperparameters)
+            for name, value in parsed.items():
+                setattr(self, name, value)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -354,7 +360,8 @@ class FastForward(Optimizer):
     def _max_tau_now(self) -> int:
         if self.max_tau_ratio is None:
             return self.max_tau
-        return min(self.max_tau, max(1, math.floor(self.max_tau_ratio * self._interval_now)))
+        cap = self.max_tau_ratio * self._interval_now
+        return self.max_tau if cap >= self.max_tau else max(1, math.floor(cap))
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _snapshot_(self) -> None:
@@ -472,8 +479,7 @@ class FastForward(Optimizer):
         self.stats.gave_up_at_step = step
         self._stage_owners, self._stage_params, self._anchor, self._delta = [], [], [], []
         logger.info(
-            "fastforward: %d stages in a row did not improve at tau=1; "
-            "Fast Forward is off from step %d on",
+            "fastforward: %d stages in a row accepted tau=0; Fast Forward is off from step %d on",
             self._failed_stages_in_a_row,
             step,
         )
@@ -502,32 +508,55 @@ class FastForward(Optimizer):
             _keys.STATS: self.stats.to_dict(),
         }
 
-    def _saved_hyperparameters(self, state: dict[str, Any]) -> dict[str, Any]:
-        """The hyperparameters of a saved wrapper state, checked; raises if it can't be loaded."""
+    def _parse_wrapper_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The attributes a saved wrapper state sets, all checked; nothing is changed yet."""
         version = state.get(_keys.VERSION)
         if version != _keys.FORMAT_VERSION:
             raise ValueError(
                 f"fastforward: state_dict format version {version!r} is not supported "
                 f"(this version reads {_keys.FORMAT_VERSION})"
             )
-        hyperparameters = dict(state[_keys.HYPERPARAMETERS])
-        hyperparameters["search"] = self._saved_search(hyperparameters["search"])
-        _check_hyperparameters(**hyperparameters)
-        return hyperparameters
-
-    def _load_wrapper_state(self, state: dict[str, Any], hyperparameters: dict[str, Any]) -> None:
-        for name, value in hyperparameters.items():
-            setattr(self, name, value)
-        if self.adaptive_interval is not None:
-            self.adaptive_interval = tuple(self.adaptive_interval)
-        self.enabled = bool(state[_keys.ENABLED])
-        self._gave_up = bool(state[_keys.GAVE_UP])
-        self._failed_stages_in_a_row = int(state[_keys.FAILED_STAGES_IN_A_ROW])
-        self._last_tau = int(state[_keys.LAST_TAU])
-        # Absent from dicts saved before adaptive intervals existed: the fixed schedule.
-        self._interval_now = int(state.get(_keys.INTERVAL_NOW, self.interval))
-        self._last_scheduled_step = int(state.get(_keys.LAST_SCHEDULED_STEP, self.warmup))
-        self.stats = FastForwardStats.from_dict(state[_keys.STATS])
+        try:
+            hyperparameters: dict[str, Any] = dict(state[_keys.HYPERPARAMETERS])
+            # Absent from dicts saved before these options existed: both were off.
+            hyperparameters.setdefault("max_tau_ratio", None)
+            hyperparameters.setdefault("adaptive_interval", None)
+            hyperparameters["search"] = self._saved_search(hyperparameters["search"])
+            _check_hyperparameters(**hyperparameters)
+            interval, warmup = hyperparameters["interval"], hyperparameters["warmup"]
+            bounds = hyperparameters["adaptive_interval"]
+            if bounds is not None:
+                bounds = hyperparameters["adaptive_interval"] = tuple(bounds)
+            stats = FastForwardStats.from_dict(state[_keys.STATS])
+            steps_since_warmup = max(0, stats.optimizer_steps - warmup)
+            parsed = {
+                **hyperparameters,
+                "enabled": bool(state[_keys.ENABLED]),
+                "_gave_up": bool(state[_keys.GAVE_UP]),
+                "_failed_stages_in_a_row": int(state[_keys.FAILED_STAGES_IN_A_ROW]),
+                "_last_tau": int(state[_keys.LAST_TAU]),
+                "_interval_now": int(state.get(_keys.INTERVAL_NOW, interval)),
+                "_last_scheduled_step": int(
+                    state.get(
+                        _keys.LAST_SCHEDULED_STEP,
+                        warmup + steps_since_warmup // interval * interval,
+                    )
+                ),
+                "stats": stats,
+            }
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                f"fastforward: the {_keys.WRAPPER!r} entry of the state_dict is malformed: "
+                f"{error!r}"
+            ) from error
+        if bounds is None:
+            parsed["_interval_now"] = interval
+        elif not bounds[0] <= parsed["_interval_now"] <= bounds[1]:
+            raise ValueError(
+                f"fastforward: the saved interval_now {parsed['_interval_now']} is outside "
+                f"adaptive_interval {bounds}"
+            )
+        return parsed
 
     def _saved_search(self, name: object) -> object:
         """The strategy a checkpoint names: a built-in, or this wrapper's own callable."""
@@ -621,12 +650,7 @@ def _check_hyperparameters(
     if patience is not None:
         _check_int("patience", patience, 1)
     _check_search(search)
-    if isinstance(min_improvement, bool) or not isinstance(min_improvement, (int, float)):
-        raise TypeError(
-            f"fastforward: min_improvement must be a float, got {type(min_improvement).__name__}"
-        )
-    if not 0.0 <= min_improvement < 1.0:
-        raise ValueError(f"fastforward: min_improvement must be in [0, 1), got {min_improvement}")
+    _check_min_improvement(min_improvement)
 
 
 def _check_interval_bounds(bounds: object, interval: object) -> None:
@@ -643,13 +667,6 @@ def _check_interval_bounds(bounds: object, interval: object) -> None:
             f"fastforward: adaptive_interval {tuple(bounds)} must satisfy shortest <= interval "
             f"({interval}) <= longest"
         )
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"fastforward: {name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"fastforward: {name} must be >= {low}, got {value}")
 
 
 def _accepts_keyword(function: Callable[..., object], name: str) -> bool:

@@ -15,7 +15,16 @@ from strategies import Quadratic, fixed_quadratic, quadratics
 from fastforward import FastForward
 
 
-def _make(spec, *, interval=3, patience=None, search="linear", adaptive_interval=None):
+def _make(
+    spec,
+    *,
+    interval=3,
+    warmup=0,
+    patience=None,
+    search="linear",
+    adaptive_interval=None,
+    max_tau_ratio=None,
+):
     model = Quadratic(spec)
     adam = torch.optim.Adam([model.x], lr=0.02)
     return model, FastForward(
@@ -23,9 +32,11 @@ def _make(spec, *, interval=3, patience=None, search="linear", adaptive_interval
         model,
         model,
         interval,
+        warmup=warmup,
         patience=patience,
         search=search,
         adaptive_interval=adaptive_interval,
+        max_tau_ratio=max_tau_ratio,
     )
 
 
@@ -58,12 +69,18 @@ def _comparable(stats):
     patience=st.sampled_from([None, 1, 2]),
     search=st.sampled_from(["linear", "warm_start"]),
     adaptive=st.sampled_from([None, (1, 12)]),
+    max_tau_ratio=st.sampled_from([None, 1.5]),
 )
 def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(
-    spec, saved_at, more, patience, search, adaptive
+    spec, saved_at, more, patience, search, adaptive, max_tau_ratio
 ):
     assume(not np.array_equal(spec.x0, spec.x_star))
-    options = {"patience": patience, "search": search, "adaptive_interval": adaptive}
+    options = {
+        "patience": patience,
+        "search": search,
+        "adaptive_interval": adaptive,
+        "max_tau_ratio": max_tau_ratio,
+    }
     model, ff = _make(spec, **options)
     _train(model, ff, saved_at + more)
 
@@ -82,6 +99,7 @@ def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(
         adaptive,
         ff.current_interval,
     )
+    assert resumed.max_tau_ratio == max_tau_ratio
     assert resumed.active == ff.active
 
 
@@ -126,6 +144,58 @@ def test_bare_optimizer_state_dict_loads_and_restarts_the_schedule(caplog):
     assert "no 'fastforward' entry" in caplog.text
     assert ff.stats.optimizer_steps == 0
     assert torch.equal(ff.state[model.x]["exp_avg"], bare.state[bare_model.x]["exp_avg"])
+
+
+@given(saved_at=st.integers(0, 20), warmup=st.integers(0, 4))
+def test_a_checkpoint_from_before_the_schedule_options_resumes_the_fixed_schedule(saved_at, warmup):
+    """Dicts saved before max_tau_ratio and adaptive_interval existed lack their keys."""
+    options = {"interval": 5, "warmup": warmup, "search": "parabolic"}
+    model, ff = _make(fixed_quadratic(), **options)
+    _train(model, ff, saved_at + 12)
+
+    first_model, first = _make(fixed_quadratic(), **options)
+    _train(first_model, first, saved_at)
+    old = first.state_dict()
+    for key in ("interval_now", "last_scheduled_step"):
+        del old["fastforward"][key]
+    for key in ("max_tau_ratio", "adaptive_interval"):
+        del old["fastforward"]["hyperparameters"][key]
+    resumed_model, resumed = _make(
+        fixed_quadratic(), interval=6, adaptive_interval=(3, 12), max_tau_ratio=2.0
+    )
+    resumed_model.load_state_dict(first_model.state_dict())
+    resumed.load_state_dict(_through_disk(old))
+    _train(resumed_model, resumed, 12)
+
+    assert (resumed.adaptive_interval, resumed.max_tau_ratio) == (None, None)
+    assert [r.step for r in resumed.stats.history] == [r.step for r in ff.stats.history]
+    assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
+    resumed.load_state_dict(resumed.state_dict())  # and its own dict loads again
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda entry: entry.pop("stats"), "malformed: KeyError"),
+        (lambda entry: entry["stats"]["history"].append({"tau": 1}), "malformed: TypeError"),
+        (lambda entry: entry.pop("enabled"), "malformed: KeyError"),
+        (lambda entry: entry.update(interval_now=0), r"interval_now 0 is outside"),
+        (lambda entry: entry["hyperparameters"].update(max_tau=0), "max_tau must be >= 1"),
+    ],
+)
+def test_a_rejected_state_dict_changes_nothing(corrupt, message):
+    model, ff = _make(fixed_quadratic(), adaptive_interval=(2, 6))
+    _train(model, ff, 7)
+    saved = ff.state_dict()
+    corrupt(saved["fastforward"])
+    _, fresh = _make(fixed_quadratic(), interval=4, adaptive_interval=(2, 8))
+    before = repr(fresh)
+    with pytest.raises(ValueError, match=message):
+        fresh.load_state_dict(saved)
+    assert not fresh.optimizer.state
+    assert fresh.state is fresh.optimizer.state
+    assert repr(fresh) == before
+    assert fresh.stats.optimizer_steps == 0
 
 
 def test_unknown_format_version_is_rejected():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import pytest
@@ -106,7 +107,7 @@ def test_a_custom_strategy_lands_bitwise_on_the_best_point_it_evaluated(
         (61, ValueError, r"tau=61; tau must be in \[0, max_tau\], max_tau=60"),
         (-1, ValueError, r"tau=-1; tau must be in \[0, max_tau\]"),
         (2.5, TypeError, r"tau=2.5; tau must be an int"),
-        (True, ValueError, r"tau=True; tau must be in \[0, max_tau\]"),
+        (True, TypeError, r"tau=True; tau must be an int"),
     ],
 )
 def test_a_strategy_that_leaves_the_ray_is_stopped_at_the_best_point(stray, error, message):
@@ -120,6 +121,38 @@ def test_a_strategy_that_leaves_the_ray_is_stopped_at_the_best_point(stray, erro
     with pytest.raises(error, match=message):
         fast_forward_stage(params, delta, loss, search=strays, max_tau=60)
     assert bitwise_equal(params[0], _point(5))
+
+
+def test_a_strategy_cannot_rewrite_what_the_ray_knows():
+    params, delta, loss = _line(center=100.0)
+
+    def cheats(ray, max_tau, start):
+        ray.evaluate(3)
+        for name, value in [("best_tau", 50), ("best_loss", -1.0), ("max_tau", 10**6)]:
+            with pytest.raises(AttributeError):
+                setattr(ray, name, value)
+        with pytest.raises(TypeError):
+            ray.losses[50] = -1.0
+
+    result = fast_forward_stage(params, delta, loss, search=cheats, max_tau=60)
+    assert result.tau == 3
+    assert bitwise_equal(params[0], _point(3))
+
+
+@given(start=st.integers(1, 10_000), max_tau=st.integers(1, 50))
+def test_a_strategy_gets_a_start_within_max_tau(start, max_tau):
+    params, delta, loss = _line(center=100.0)
+    seen = []
+
+    def probes_its_hint(ray, max_tau, start):
+        seen.append((max_tau, start))
+        ray.evaluate(start)
+
+    result = fast_forward_stage(
+        params, delta, loss, search=probes_its_hint, start=start, max_tau=max_tau
+    )
+    assert seen == [(max_tau, min(start, max_tau))]
+    assert result.tau == min(start, max_tau)
 
 
 def test_a_strategy_that_raises_leaves_the_best_point_and_propagates():
@@ -202,6 +235,19 @@ def test_a_checkpoint_of_a_custom_strategy_needs_that_strategy_to_load(loader_se
     assert other.search == loader_search  # the rejected dict changed nothing
     assert not other.optimizer.state
     assert other.state is other.optimizer.state
+
+
+def test_a_partial_is_saved_with_its_arguments():
+    def capped(ray, max_tau, start, limit):
+        parabolic_search(ray, min(max_tau, limit), start)
+
+    _, ff = _wrapper(functools.partial(capped, limit=8))
+    _, other = _wrapper(functools.partial(capped, limit=9))
+    name = ff.state_dict()["fastforward"]["hyperparameters"]["search"]
+    assert name.startswith("functools.partial(test_custom_search.")
+    assert name.endswith(".capped, limit=8)")
+    with pytest.raises(ValueError, match="limit=8"):
+        other.load_state_dict(ff.state_dict())
 
 
 def test_a_built_in_function_is_saved_under_its_name():

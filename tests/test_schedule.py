@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 
 import numpy as np
@@ -250,10 +251,12 @@ def test_adaptive_interval_halves_after_long_stages_and_doubles_after_short_ones
     interval=st.integers(1, 8),
     ratio=st.floats(0.05, 5.0),
     max_tau=st.integers(1, 60),
+    adaptive=st.booleans(),
 )
-def test_max_tau_ratio_caps_tau_at_that_many_intervals(interval, ratio, max_tau):
+def test_max_tau_ratio_caps_tau_at_that_many_current_intervals(interval, ratio, max_tau, adaptive):
+    steps, longest = 40, 16
     model = Quadratic(fixed_quadratic())
-    validation = _ScriptedTaus([1000])  # keeps improving far past any cap
+    validation = _ScriptedTaus([1000] * steps)  # keeps improving far past any cap
     ff = FastForward(
         torch.optim.Adam([model.x], lr=0.01),
         model,
@@ -261,12 +264,24 @@ def test_max_tau_ratio_caps_tau_at_that_many_intervals(interval, ratio, max_tau)
         interval,
         max_tau=max_tau,
         max_tau_ratio=ratio,
+        adaptive_interval=(1, longest) if adaptive else None,
         search="linear",
     )
     validation.ff = ff
-    _train(model, ff, interval)
+    _train(model, ff, steps)
 
-    assert ff.stats.history[0].tau == min(max_tau, max(1, int(ratio * interval)))
+    expected, last, current = [], 0, interval  # (step, τ) of each stage, by the documented rule
+    for step in range(1, steps + 1):
+        if step - last < current:
+            continue
+        tau = min(max_tau, max(1, math.floor(ratio * current)))
+        expected.append((step, tau))
+        last = step
+        if adaptive and tau >= current:
+            current = max(1, current // 2)
+        elif adaptive and tau <= 1:
+            current = min(longest, current * 2)
+    assert [(record.step, record.tau) for record in ff.stats.history] == expected
 
 
 @pytest.mark.parametrize(("min_improvement", "tau"), [(None, 0), (1e-4, 1), (0.0, 1)])
