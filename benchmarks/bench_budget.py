@@ -20,6 +20,8 @@ can be rebuilt alone. After changing the library, pass ``--fresh`` (deletes them
 
     python benchmarks/bench_budget.py             # both studies, ~85 min on 2 cores
     python benchmarks/bench_budget.py --study lr  # one of them
+    python benchmarks/bench_budget.py --study lr --seed 1  # another data order and LoRA init,
+                                                           # in results/budget/seed1/, ~50 min
 """
 
 from __future__ import annotations
@@ -105,12 +107,18 @@ class Outcome:
     curve: list[tuple[int, int, float, float]] = field(default_factory=list)  # step, FLOPs, s, loss
 
 
-def train(run: Run, base: torch.nn.Module, splits: lm.Splits, pool: torch.Tensor) -> Outcome:
-    """Train ``EPOCHS`` epochs of LoRA r=8 at ``run.lr``; test every ``TEST_EVERY`` steps."""
+def train(
+    run: Run, base: torch.nn.Module, splits: lm.Splits, pool: torch.Tensor, seed: int = 0
+) -> Outcome:
+    """Train ``EPOCHS`` epochs of LoRA r=8 at ``run.lr``; test every ``TEST_EVERY`` steps.
+
+    ``seed`` sets the order of the training examples and the LoRA initialisation; the data
+    splits are the same for every seed.
+    """
     spec = Spec("budget", lr=run.lr)
-    model = build(spec, base)
+    model = build(spec, base, seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    order = torch.Generator().manual_seed(0)
+    order = torch.Generator().manual_seed(seed)
     batches = [
         splits.train[index]
         for _ in range(EPOCHS)
@@ -199,9 +207,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", choices=("all", "lr", "search"), default="all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="data order and LoRA init; not 0: under seed<N>/"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    runs_dir = OUT / "runs"
+    out = OUT if args.seed == 0 else OUT / f"seed{args.seed}"
+    runs_dir = out / "runs"
     if args.fresh and runs_dir.exists():
         shutil.rmtree(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
                 outcomes[run.slug] = _load(path)
             else:
                 started = time.perf_counter()
-                outcome = train(run, base, splits, pool)
+                outcome = train(run, base, splits, pool, args.seed)
                 path.write_text(json.dumps(asdict(outcome), indent=1))
                 outcomes[run.slug] = outcome
                 print(
@@ -237,10 +249,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tuned lr {tuned.run.lr:g}: Adam final test loss {tuned.final_loss:.4f}", flush=True)
     if args.study in ("all", "lr"):
         results = [get(run) for run in lr_study()]
-        budget_report.write_lr_study(results, tuned, OUT)
+        budget_report.write_lr_study(results, tuned, out)
+        if args.seed != 0:
+            _compare_with_seed_0(results, tuned, out)
     if args.study in ("all", "search"):
         results = [get(run) for run in search_study(tuned.run.lr)]
-        budget_report.write_search_study(results, tuned, OUT)
+        budget_report.write_search_study(results, tuned, out)
+
+
+def _compare_with_seed_0(results: list[Outcome], tuned: Outcome, out: Path) -> None:
+    """``seed_comparison.md`` next to this seed's tables, if seed 0's runs are all there."""
+    paths = [OUT / "runs" / f"{run.slug}.json" for run in lr_study()]
+    if not all(path.exists() for path in paths):
+        print("seed 0's learning-rate sweep is incomplete: no seed comparison written")
+        return
+    seed_0 = [replace(_load(path), run=run) for path, run in zip(paths, lr_study(), strict=True)]
+    tuned_0 = min((o for o in seed_0 if not o.run.is_ff), key=lambda o: o.final_loss)
+    seed = int(out.name.removeprefix("seed"))
+    table = budget_report.seed_table({0: (seed_0, tuned_0), seed: (results, tuned)})
+    (out / "seed_comparison.md").write_text(table + "\n")
+    print(table)
 
 
 def _load(path: Path) -> Outcome:

@@ -91,11 +91,12 @@ class Result:
     curve: list[tuple[int, float, str]] = field(default_factory=list)  # (flops, loss, kind)
 
 
-def build(spec: Spec, base: torch.nn.Module) -> torch.nn.Module:
+def build(spec: Spec, base: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A trainable copy of ``base``: LoRA/DoRA adapters initialised from ``seed``, or full rank."""
     model = copy.deepcopy(base).train()
     if spec.adapter == "full":
         return model
-    return lm.add_lora(model, spec.rank, use_dora=spec.adapter == "dora")
+    return lm.add_lora(model, spec.rank, seed=seed, use_dora=spec.adapter == "dora")
 
 
 def count_flops(fn) -> int:  # type: ignore[no-untyped-def]

@@ -102,8 +102,7 @@ def lr_table(results: list[Any], tuned: Any) -> str:
     rows = []
     pairs = _pairs(results)
     for lr, (adam, ff) in pairs.items():
-        gap = adam.final_loss - tuned.final_loss
-        closed = (adam.final_loss - ff.final_loss) / gap if gap > TOLERANCE else None
+        closed = gap_closed(adam, ff, tuned)
         adam_hit, ff_hit = reached(adam, tuned.final_loss), reached(ff, tuned.final_loss)
         rows.append([
             f"{lr:g}" + (" (tuned)" if lr == tuned.run.lr else ""),
@@ -123,6 +122,35 @@ def lr_table(results: list[Any], tuned: Any) -> str:
             _evals_per_stage(ff),
             str(ff.gave_up_at_step or "-"),
         ])  # fmt: skip
+    return _markdown(header, rows)
+
+
+def gap_closed(adam: Any, ff: Any, tuned: Any) -> float | None:
+    """The fraction of the distance from Adam's final loss to tuned Adam's that ``ff`` covers."""
+    gap = adam.final_loss - tuned.final_loss
+    return (adam.final_loss - ff.final_loss) / gap if gap > TOLERANCE else None
+
+
+def seed_table(by_seed: dict[int, tuple[list[Any], Any]]) -> str:
+    """The learning-rate sweep side by side for several seeds: ``{seed: (results, tuned)}``."""
+    seeds = sorted(by_seed)
+    header = ["lr"] + [
+        f"seed {seed}: {column}" for seed in seeds for column in ("Adam", "FF", "gap closed")
+    ]
+    pairs = {seed: _pairs(results) for seed, (results, _) in by_seed.items()}
+    rows = []
+    for lr in pairs[seeds[0]]:
+        row = [f"{lr:g}"]
+        for seed in seeds:
+            adam, ff = pairs[seed][lr]
+            closed = gap_closed(adam, ff, by_seed[seed][1])
+            tuned = " (tuned)" if lr == by_seed[seed][1].run.lr else ""
+            row += [
+                f"{adam.final_loss:.4f}{tuned}",
+                f"{ff.final_loss:.4f}",
+                f"{closed:.0%}" if closed is not None else "-",
+            ]
+        rows.append(row)
     return _markdown(header, rows)
 
 

@@ -57,6 +57,24 @@ def test_lr_report_closes_the_gap_and_prices_the_sweep(tmp_path):
     assert (tmp_path / "small_lr_vs_tuned_adam.png").stat().st_size > 0
 
 
+def test_the_seed_table_judges_each_seed_against_its_own_tuned_adam():
+    seed_0 = [
+        _outcome(1e-4, [3.0, 2.6]),
+        _outcome(1e-4, [3.0, 2.1], ff=True),
+        _outcome(1e-2, [3.0, 2.0]),
+        _outcome(1e-2, [3.0, 2.0], ff=True),
+    ]
+    seed_1 = [  # here the small lr is the tuned one
+        _outcome(1e-4, [3.0, 1.9]),
+        _outcome(1e-4, [3.0, 1.9], ff=True),
+        _outcome(1e-2, [3.0, 2.3]),
+        _outcome(1e-2, [3.0, 2.2], ff=True),
+    ]
+    table = budget_report.seed_table({0: (seed_0, seed_0[2]), 1: (seed_1, seed_1[0])})
+    assert "| 0.0001 | 2.6000 | 2.1000 | 83% | 1.9000 (tuned) | 1.9000 | - |" in table
+    assert "| 0.01 | 2.0000 (tuned) | 2.0000 | - | 2.3000 | 2.2000 | 25% |" in table
+
+
 def test_a_tiny_run_with_rotation_and_adaptive_interval_counts_its_stages():
     base = lm.load_pretrained(train_if_missing=False)
     full = lm.finetune_splits(0, n_test=32)
