@@ -38,7 +38,6 @@ class Ray:
         min_improvement: Relative margin by which the best point must beat ``L_0`` for the
             stage to leave ``W_n``, e.g. 1e-3 for 0.1%. It judges the stage as a whole:
             single simulated steps at a small learning rate gain far less than any useful margin.
-
     """
 
     def __init__(
