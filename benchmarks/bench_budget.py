@@ -251,13 +251,13 @@ def main(argv: list[str] | None = None) -> None:
         results = [get(run) for run in lr_study()]
         budget_report.write_lr_study(results, tuned, out)
         if args.seed != 0:
-            _compare_with_seed_0(results, tuned, out)
+            _compare_with_seed_0(args.seed, results, tuned, out)
     if args.study in ("all", "search"):
         results = [get(run) for run in search_study(tuned.run.lr)]
         budget_report.write_search_study(results, tuned, out)
 
 
-def _compare_with_seed_0(results: list[Outcome], tuned: Outcome, out: Path) -> None:
+def _compare_with_seed_0(seed: int, results: list[Outcome], tuned: Outcome, out: Path) -> None:
     """``seed_comparison.md`` next to this seed's tables, if seed 0's runs are all there."""
     paths = [OUT / "runs" / f"{run.slug}.json" for run in lr_study()]
     if not all(path.exists() for path in paths):
@@ -265,7 +265,6 @@ def _compare_with_seed_0(results: list[Outcome], tuned: Outcome, out: Path) -> N
         return
     seed_0 = [replace(_load(path), run=run) for path, run in zip(paths, lr_study(), strict=True)]
     tuned_0 = min((o for o in seed_0 if not o.run.is_ff), key=lambda o: o.final_loss)
-    seed = int(out.name.removeprefix("seed"))
     table = budget_report.seed_table({0: (seed_0, tuned_0), seed: (results, tuned)})
     (out / "seed_comparison.md").write_text(table + "\n")
     print(table)

@@ -629,8 +629,8 @@ def _check_hyperparameters(
     patience: object,
     search: object,
     min_improvement: object,
-    max_tau_ratio: object = None,
-    adaptive_interval: object = None,
+    max_tau_ratio: object,
+    adaptive_interval: object,
 ) -> None:
     _check_int("interval", interval, 1)
     _check_int("warmup", warmup, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,3 +70,19 @@ def fixed_quadratic(dim: int = 3, seed: int = 0) -> QuadraticSpec:
         x_star=rng.uniform(-1.0, 1.0, dim),
         x0=rng.uniform(2.0, 4.0, dim),
     )
+
+
+def train(model: Quadratic, optimizer: torch.optim.Optimizer, steps: int) -> None:
+    """``steps`` plain steps on ``model``'s loss: backward, ``step()``, ``zero_grad()``."""
+    for _ in range(steps):
+        model().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def through_disk(state_dict: dict) -> dict:
+    """``state_dict`` after ``torch.save`` and ``torch.load(weights_only=True)``."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)

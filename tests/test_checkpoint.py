@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from reference import bitwise_equal
-from strategies import Quadratic, fixed_quadratic, quadratics
+from strategies import Quadratic, fixed_quadratic, quadratics, through_disk, train
 
 from fastforward import FastForward
 
@@ -38,20 +36,6 @@ def _make(
         adaptive_interval=adaptive_interval,
         max_tau_ratio=max_tau_ratio,
     )
-
-
-def _train(model, ff, steps):
-    for _ in range(steps):
-        model().backward()
-        ff.step()
-        ff.zero_grad()
-
-
-def _through_disk(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def _comparable(stats):
@@ -82,15 +66,15 @@ def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(
         "max_tau_ratio": max_tau_ratio,
     }
     model, ff = _make(spec, **options)
-    _train(model, ff, saved_at + more)
+    train(model, ff, saved_at + more)
 
     first_model, first = _make(spec, **options)
-    _train(first_model, first, saved_at)
-    checkpoint = _through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
+    train(first_model, first, saved_at)
+    checkpoint = through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
     resumed_model, resumed = _make(fixed_quadratic(dim=spec.dim), interval=5, patience=3)
     resumed_model.load_state_dict(checkpoint["model"])
     resumed.load_state_dict(checkpoint["optim"])
-    _train(resumed_model, resumed, more)
+    train(resumed_model, resumed, more)
 
     assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
     assert _comparable(resumed.stats) == _comparable(ff.stats)
@@ -105,7 +89,7 @@ def test_resume_from_a_checkpoint_is_bitwise_an_uninterrupted_run(
 
 def test_state_dict_is_the_base_state_dict_plus_one_plain_entry():
     model, ff = _make(fixed_quadratic())
-    _train(model, ff, 7)
+    train(model, ff, 7)
     state_dict = ff.state_dict()
     base = ff.optimizer.state_dict()
     assert set(state_dict) == set(base) | {"fastforward"}
@@ -124,7 +108,7 @@ def test_state_dict_is_the_base_state_dict_plus_one_plain_entry():
 
 def test_loading_does_not_modify_the_callers_dict_and_keeps_containers_shared():
     model, ff = _make(fixed_quadratic())
-    _train(model, ff, 4)
+    train(model, ff, 4)
     state_dict = ff.state_dict()
     keys = set(state_dict)
     ff.load_state_dict(state_dict)
@@ -151,10 +135,10 @@ def test_a_checkpoint_from_before_the_schedule_options_resumes_the_fixed_schedul
     """Dicts saved before max_tau_ratio and adaptive_interval existed lack their keys."""
     options = {"interval": 5, "warmup": warmup, "search": "parabolic"}
     model, ff = _make(fixed_quadratic(), **options)
-    _train(model, ff, saved_at + 12)
+    train(model, ff, saved_at + 12)
 
     first_model, first = _make(fixed_quadratic(), **options)
-    _train(first_model, first, saved_at)
+    train(first_model, first, saved_at)
     old = first.state_dict()
     for key in ("interval_now", "last_scheduled_step"):
         del old["fastforward"][key]
@@ -164,8 +148,8 @@ def test_a_checkpoint_from_before_the_schedule_options_resumes_the_fixed_schedul
         fixed_quadratic(), interval=6, adaptive_interval=(3, 12), max_tau_ratio=2.0
     )
     resumed_model.load_state_dict(first_model.state_dict())
-    resumed.load_state_dict(_through_disk(old))
-    _train(resumed_model, resumed, 12)
+    resumed.load_state_dict(through_disk(old))
+    train(resumed_model, resumed, 12)
 
     assert (resumed.adaptive_interval, resumed.max_tau_ratio) == (None, None)
     assert [r.step for r in resumed.stats.history] == [r.step for r in ff.stats.history]
@@ -185,7 +169,7 @@ def test_a_checkpoint_from_before_the_schedule_options_resumes_the_fixed_schedul
 )
 def test_a_rejected_state_dict_changes_nothing(corrupt, message):
     model, ff = _make(fixed_quadratic(), adaptive_interval=(2, 6))
-    _train(model, ff, 7)
+    train(model, ff, 7)
     saved = ff.state_dict()
     corrupt(saved["fastforward"])
     _, fresh = _make(fixed_quadratic(), interval=4, adaptive_interval=(2, 8))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import io
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import bitwise_equal
-from strategies import Quadratic, fixed_quadratic
+from strategies import Quadratic, fixed_quadratic, through_disk, train
 
 from fastforward import FastForward, fast_forward_stage
 from fastforward.functional import (
@@ -181,23 +180,9 @@ def _wrapper(search):
     return model, FastForward(adam, model, model, 3, patience=None, search=search)
 
 
-def _train(model, ff, steps):
-    for _ in range(steps):
-        model().backward()
-        ff.step()
-        ff.zero_grad()
-
-
-def _through_disk(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
 def test_the_wrapper_runs_a_custom_strategy_in_its_stages():
     model, ff = _wrapper(every_fourth)
-    _train(model, ff, 9)
+    train(model, ff, 9)
     taus = [record.tau for record in ff.stats.history]
     assert len(taus) == 3
     assert all(tau % 4 == 0 for tau in taus)
@@ -207,11 +192,11 @@ def test_the_wrapper_runs_a_custom_strategy_in_its_stages():
 
 def test_a_checkpoint_names_the_custom_strategy_and_resumes_bitwise_with_it():
     model, ff = _wrapper(every_fourth)
-    _train(model, ff, 14)
+    train(model, ff, 14)
 
     first_model, first = _wrapper(every_fourth)
-    _train(first_model, first, 8)
-    checkpoint = _through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
+    train(first_model, first, 8)
+    checkpoint = through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
     assert checkpoint["optim"]["fastforward"]["hyperparameters"]["search"] == (
         "test_custom_search.every_fourth"
     )
@@ -219,7 +204,7 @@ def test_a_checkpoint_names_the_custom_strategy_and_resumes_bitwise_with_it():
     resumed_model, resumed = _wrapper(every_fourth)
     resumed_model.load_state_dict(checkpoint["model"])
     resumed.load_state_dict(checkpoint["optim"])
-    _train(resumed_model, resumed, 6)
+    train(resumed_model, resumed, 6)
     assert resumed.search is every_fourth
     assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
     assert [r.tau for r in resumed.stats.history] == [r.tau for r in ff.stats.history]
@@ -228,10 +213,10 @@ def test_a_checkpoint_names_the_custom_strategy_and_resumes_bitwise_with_it():
 @pytest.mark.parametrize("loader_search", ["parabolic", linear_search])
 def test_a_checkpoint_of_a_custom_strategy_needs_that_strategy_to_load(loader_search):
     model, ff = _wrapper(every_fourth)
-    _train(model, ff, 4)
+    train(model, ff, 4)
     _, other = _wrapper(loader_search)
     with pytest.raises(ValueError, match="saved with the search strategy 'test_custom_search"):
-        other.load_state_dict(_through_disk(ff.state_dict()))
+        other.load_state_dict(through_disk(ff.state_dict()))
     assert other.search == loader_search  # the rejected dict changed nothing
     assert not other.optimizer.state
     assert other.state is other.optimizer.state
@@ -252,7 +237,7 @@ def test_a_partial_is_saved_with_its_arguments():
 
 def test_a_built_in_function_is_saved_under_its_name():
     model, ff = _wrapper(parabolic_search)
-    _train(model, ff, 4)
+    train(model, ff, 4)
     assert ff.state_dict()["fastforward"]["hyperparameters"]["search"] == "parabolic"
     assert "search='parabolic'" in repr(ff)
 
@@ -266,7 +251,7 @@ def test_the_wrapper_passes_the_last_tau_as_start():
     model = Quadratic(fixed_quadratic(dim=3, seed=1))
     adam = torch.optim.Adam([model.x], lr=1e-3)  # small steps: τ* far beyond the cap
     ff = FastForward(adam, model, model, 3, patience=None, search=no_longer_than_last_time)
-    _train(model, ff, 15)
+    train(model, ff, 15)
     taus = [record.tau for record in ff.stats.history]
     caps = [2 * max(1, previous) for previous in [0, *taus[:-1]]]
     assert taus == caps  # every stage ran to its cap: 2, 4, 8, ...
