@@ -21,6 +21,7 @@ EXTRA_MODULES = {  # names outside fastforward.__all__: search strategies, optio
         "warm_start_search",
     ],
     "fastforward.hf": ["FastForwardCallback"],
+    "fastforward.dcp": ["WrapperState"],
 }
 
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from fastforward._checks import _as_loss, _is_bool
 from fastforward._functional import _set_point_
 
 
@@ -23,7 +24,9 @@ class Ray:
     finite and strictly below the best, so NaN, inf and ties never move the landing point; ties
     go to the point evaluated first. Each τ is evaluated at most once: asking again returns the
     cached loss, so a strategy costs at most ``max_tau + 1`` evaluations, ``L_0`` included.
-    ``L_0`` (τ = 0) has been evaluated before a strategy is called.
+    ``L_0`` (τ = 0) has been evaluated before a strategy is called. Once the stage has landed,
+    the ray refuses to evaluate or move anything: a strategy that kept it cannot touch the
+    parameters after its stage.
 
     Rays are made by :func:`~fastforward.fast_forward_stage` (and so by the wrapper), not by
     user code.
@@ -32,7 +35,8 @@ class Ray:
         params: The parameters being moved, mutated in place. They hold ``W_n`` on entry.
         anchor: A copy of ``W_n``, read only.
         delta: ``Δ = W_n - W_{n-1}``, read only.
-        loss: Evaluates the validation loss at the current parameters.
+        loss: Evaluates the validation loss at the current parameters: a Python number or a
+            0-dim tensor.
         max_tau: The largest τ that may be evaluated.
         foreach: Use the multi-tensor kernels.
         min_improvement: Relative margin by which the best point must beat ``L_0`` for the
@@ -45,7 +49,7 @@ class Ray:
         params: list[Tensor],
         anchor: list[Tensor],
         delta: list[Tensor],
-        loss: Callable[[], float],
+        loss: Callable[[], object],
         *,
         max_tau: int,
         foreach: bool,
@@ -60,6 +64,7 @@ class Ray:
         self._best_tau = 0
         self._best_loss = math.inf
         self._evaluations = 0
+        self._landed = False
 
     @property
     def max_tau(self) -> int:
@@ -95,15 +100,20 @@ class Ray:
         """The validation loss at ``W_n + tau * Δ`` (moving the parameters there if not cached).
 
         Raises:
-            TypeError: ``tau`` is not an integer (a bool is not).
+            TypeError: ``tau`` is not an integer (a bool is not), or the loss is not a number.
             ValueError: ``tau`` is outside ``[0, max_tau]``.
+            RuntimeError: the stage of this ray has ended.
         """
+        if self._landed:
+            raise RuntimeError(
+                "fastforward: this Ray's stage has ended; a search strategy must not keep its ray"
+            )
         tau = self._checked(tau)
         if tau in self._losses:
             return self._losses[tau]
         self._move_(tau)
         self._evaluations += 1  # counted even if the call raises: its cost was paid
-        loss = self._losses[tau] = self._loss()
+        loss = self._losses[tau] = _as_loss(self._loss(), "loss")
         if self._beats_best(loss):
             self._best_tau, self._best_loss = tau, loss
         return loss
@@ -118,13 +128,14 @@ class Ray:
 
         ``W_n`` if no point beat ``L_0`` by ``min_improvement``; ``best_tau`` then becomes 0.
         """
+        self._landed = True
         if self._best_tau != 0 and not self._clears_margin(self._best_loss):
             self._best_tau, self._best_loss = 0, self._losses[0]
         self._move_(self._best_tau)
 
     def _checked(self, tau: object) -> int:
         try:
-            if isinstance(tau, bool):
+            if _is_bool(tau):
                 raise TypeError
             index = operator.index(tau)  # type: ignore[arg-type]
         except TypeError:

@@ -65,6 +65,49 @@ class FastForwardStats:
 
     @classmethod
     def from_dict(cls, totals: dict[str, Any]) -> FastForwardStats:
-        """Inverse of :meth:`to_dict`."""
-        history = [StageRecord(**record) for record in totals["history"]]
-        return cls(**{**totals, "history": history})
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            TypeError: a field is missing, unknown, or of the wrong type (the message names it).
+            ValueError: a count is negative.
+        """
+        if not isinstance(totals, dict):
+            raise TypeError(f"stats must be a dict, got {type(totals).__name__}")
+        _check_fields("stats", totals, cls)
+        history = totals["history"]
+        if not isinstance(history, list):
+            raise TypeError(f"stats.history must be a list, got {type(history).__name__}")
+        records = []
+        for i, record in enumerate(history):
+            if not isinstance(record, dict):
+                raise TypeError(f"stats.history[{i}] must be a dict, got {type(record).__name__}")
+            _check_fields(f"stats.history[{i}]", record, StageRecord)
+            records.append(StageRecord(**record))
+        return cls(**{**totals, "history": records})
+
+
+_COUNTS = {
+    "optimizer_steps", "stages", "skipped_stages", "simulated_steps", "evaluations", "step",
+    "tau",
+}  # fmt: skip
+_NUMBERS = {"stage_seconds", "loss_before", "loss_after", "seconds"}
+
+
+def _check_fields(where: str, values: dict[str, Any], kind: type) -> None:
+    """``values`` has exactly the fields of dataclass ``kind``, each of a plain, valid type."""
+    names = {f.name for f in dataclasses.fields(kind)}
+    if set(values) != names:
+        missing, unknown = sorted(names - set(values)), sorted(set(values) - names)
+        raise TypeError(f"{where}: missing fields {missing}, unknown fields {unknown}")
+    for name, value in values.items():
+        if (
+            name in _COUNTS
+            or name == "evaluations"
+            or (name == "gave_up_at_step" and value is not None)
+        ):
+            if type(value) is not int:
+                raise TypeError(f"{where}.{name} must be an int, got {value!r}")
+            if value < 0:
+                raise ValueError(f"{where}.{name} must be >= 0, got {value}")
+        elif name in _NUMBERS and type(value) not in (int, float):
+            raise TypeError(f"{where}.{name} must be a number, got {value!r}")

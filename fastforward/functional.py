@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fastforward._checks import _check_int, _check_min_improvement
+from fastforward._checks import MAX_TAU_LIMIT, _check_int, _check_min_improvement
 from fastforward._functional import _copy_
 from fastforward._stage import (
     DEFAULT_MIN_IMPROVEMENT,
@@ -67,7 +67,7 @@ class StageResult:
 def fast_forward_stage(
     params: list[Tensor],
     delta: list[Tensor],
-    loss: Callable[[], float],
+    loss: Callable[[], object],
     *,
     search: str | SearchStrategy = DEFAULT_SEARCH,
     max_tau: int = 1000,
@@ -89,13 +89,15 @@ def fast_forward_stage(
     ``torch.no_grad()``; a non-finite loss at ``W_n`` ends the stage at once with ``tau == 0``.
 
     Args:
-        params: Tensors holding ``W_n``; moved in place.
+        params: Tensors holding ``W_n``; moved in place. A tensor listed more than once is
+            moved once, with the ``delta`` (and ``anchor``) of its first entry.
         delta: The direction, one tensor per entry of ``params`` (same shape, dtype, device).
-        loss: Zero-argument callable returning the loss at the current ``params`` as a float.
+        loss: Zero-argument callable returning the loss at the current ``params``: a Python
+            number or a 0-dim tensor.
         search: ``"linear"`` (the paper's), ``"doubling"``, ``"parabolic"`` or ``"warm_start"``
             (see :class:`~fastforward.FastForward`), or a :class:`SearchStrategy` of your own,
             called as ``search(ray, max_tau, start)`` (default: ``"parabolic"``, as there).
-        max_tau: Largest τ evaluated (default: 1000).
+        max_tau: Largest τ evaluated, at most ``2**53`` (default: 1000).
         min_improvement: Land on the best point only if it beats ``L_0`` by this fraction of
             ``|L_0|``, else stay at ``W_n`` with ``tau == 0`` (default: 1e-3, as there).
         start: First τ tried by ``"warm_start"``, a hint passed on to every strategy; capped
@@ -107,10 +109,12 @@ def fast_forward_stage(
         A :class:`StageResult`.
 
     Raises:
-        ValueError: ``search`` names no strategy, ``max_tau`` or ``start`` is below 1,
-            ``min_improvement`` is outside ``[0, 1)``, or the strategy evaluated a τ outside
-            ``[0, max_tau]`` (the parameters are then at the best point so far).
-        TypeError: an argument, or a τ the strategy evaluated, has the wrong type.
+        ValueError: ``params`` is empty, ``delta`` or ``anchor`` does not match it, ``search``
+            names no strategy, ``max_tau`` or ``start`` is out of range, ``min_improvement`` is
+            outside ``[0, 1)``, or the strategy evaluated a τ outside ``[0, max_tau]`` (the
+            parameters are then at the best point so far).
+        TypeError: an argument, a τ the strategy evaluated, or a loss has the wrong type.
+        RuntimeError: a strategy used a :class:`Ray` of a stage that had ended.
 
     Example:
         >>> import torch
@@ -135,22 +139,47 @@ def fast_forward_stage(
         Memory: one copy of ``params`` (the anchor), unless ``anchor`` is given.
     """
     _check_search(search)
-    _check_int("max_tau", max_tau, 1)
-    _check_min_improvement(min_improvement)
-    _check_int("start", start, 1)
-    start = min(start, max_tau)
-    use_foreach = True if foreach is None else foreach
+    max_tau = _check_int("max_tau", max_tau, 1, MAX_TAU_LIMIT)
+    min_improvement = _check_min_improvement(min_improvement)
+    start = min(_check_int("start", start, 1), max_tau)
+    params, delta, anchor = _distinct(params, delta, anchor)
+    return _run_stage(
+        params,
+        delta,
+        loss,
+        search=search,
+        max_tau=max_tau,
+        min_improvement=min_improvement,
+        start=start,
+        anchor=anchor,
+        foreach=True if foreach is None else foreach,
+    )
+
+
+def _run_stage(
+    params: list[Tensor],
+    delta: list[Tensor],
+    loss: Callable[[], object],
+    *,
+    search: str | SearchStrategy,
+    max_tau: int,
+    min_improvement: float,
+    start: int,
+    anchor: list[Tensor] | None,
+    foreach: bool,
+) -> StageResult:
+    """:func:`fast_forward_stage` on arguments already checked (the wrapper's hot path)."""
     with torch.no_grad():
         if anchor is None:
             anchor = [torch.empty_like(p) for p in params]
-        _copy_(anchor, params, foreach=use_foreach)
+        _copy_(anchor, params, foreach=foreach)
         ray = Ray(
             params,
             anchor,
             delta,
             loss,
             max_tau=max_tau,
-            foreach=use_foreach,
+            foreach=foreach,
             min_improvement=min_improvement,
         )
         try:
@@ -160,3 +189,48 @@ def fast_forward_stage(
             ray._land_()
     loss_after = ray.best_loss if ray.best_loss < math.inf else ray.loss_at_anchor
     return StageResult(ray.best_tau, ray.loss_at_anchor, loss_after, ray.evaluations)
+
+
+def _distinct(
+    params: object, delta: object, anchor: object
+) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
+    """Check the parallel lists; keep the first entry of a tensor listed more than once.
+
+    A tensor listed twice (``[w, w]``, or tied weights listed once per module) would be moved
+    by ``2τΔ`` while the stage reports ``τ``: each tensor is moved exactly once.
+    """
+    lists = {"params": params, "delta": delta, "anchor": anchor}
+    for name, tensors in lists.items():
+        if tensors is None and name == "anchor":
+            continue
+        if not isinstance(tensors, (list, tuple)) or not all(
+            isinstance(t, Tensor) for t in tensors
+        ):
+            raise TypeError(f"fastforward: {name} must be a list of tensors")
+    params_, delta_ = list(params), list(delta)  # type: ignore[call-overload]
+    if not params_:
+        raise ValueError("fastforward: params is empty; pass the tensors the stage moves")
+    anchor_ = None if anchor is None else list(anchor)  # type: ignore[call-overload]
+    for name, tensors in (("delta", delta_), ("anchor", anchor_)):
+        if tensors is None:
+            continue
+        if len(tensors) != len(params_):
+            raise ValueError(
+                f"fastforward: {name} has {len(tensors)} tensors for {len(params_)} params; "
+                "pass one per parameter, in the same order"
+            )
+        for i, (p, t) in enumerate(zip(params_, tensors, strict=True)):
+            if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+                raise ValueError(
+                    f"fastforward: {name}[{i}] is {tuple(t.shape)} {t.dtype} on {t.device}, but "
+                    f"params[{i}] is {tuple(p.shape)} {p.dtype} on {p.device}"
+                )
+    keep = list({id(p): i for i, p in reversed(list(enumerate(params_)))}.values())
+    if len(keep) == len(params_):
+        return params_, delta_, anchor_
+    keep.sort()
+    return (
+        [params_[i] for i in keep],
+        [delta_[i] for i in keep],
+        None if anchor_ is None else [anchor_[i] for i in keep],
+    )

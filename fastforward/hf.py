@@ -22,10 +22,22 @@ class FastForwardCallback(TrainerCallback):
     """Add ``ff/*`` counters to every Trainer log entry (console, ``log_history``, trackers).
 
     Args:
-        ff: The wrapper passed to ``Trainer(optimizers=(ff, scheduler))``.
+        ff: The wrapper passed to ``Trainer(optimizers=(ff, scheduler))``, or an object that
+            holds it as ``.optimizer`` (accelerate's ``AcceleratedOptimizer`` after ``prepare``).
+
+    Raises:
+        TypeError: ``ff`` is neither.
     """
 
     def __init__(self, ff: FastForward) -> None:
+        inner = getattr(ff, "optimizer", None)
+        if not isinstance(ff, FastForward) and isinstance(inner, FastForward):
+            ff = inner
+        if not isinstance(ff, FastForward):
+            raise TypeError(
+                f"fastforward: FastForwardCallback needs the FastForward wrapper, got "
+                f"{type(ff).__name__}"
+            )
         self.ff = ff
 
     def on_log(

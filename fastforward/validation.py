@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastforward._checks import _check_int
 from fastforward._modes import _eval_mode
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -25,13 +26,34 @@ def _model_output_loss(model: nn.Module, batch: Any) -> Tensor:
     return loss  # type: ignore[no-any-return]
 
 
+class ValidationClosure:
+    """The mean loss of ``model`` over fixed validation batches; see :func:`validation_closure`.
+
+    A callable object rather than a function closure, so that ``copy.deepcopy`` of a model
+    together with its wrapper gives a closure that evaluates the copied model.
+    """
+
+    def __init__(
+        self, model: nn.Module, groups: list[list[Any]], loss_fn: LossFn | None = None
+    ) -> None:
+        self.model, self.groups, self.loss_fn = model, groups, loss_fn
+
+    def __call__(self, stage: int = 0) -> Tensor:
+        """The unweighted mean of the per-batch losses of group ``stage mod groups``."""
+        compute = self.loss_fn or _model_output_loss
+        with torch.no_grad(), _eval_mode(self.model):
+            group = self.groups[stage % len(self.groups)]
+            losses = [compute(self.model, batch).detach().float() for batch in group]
+        return torch.stack(losses).mean()
+
+
 def validation_closure(
     model: nn.Module,
     batches: Iterable[Any],
     loss_fn: LossFn | None = None,
     *,
     rotate: int | None = None,
-) -> Callable[..., Tensor]:
+) -> ValidationClosure:
     """Return a closure: the mean loss over a fixed handful of batches.
 
     The batches are materialised once (``list(batches)``), so a ``DataLoader`` is read only here
@@ -40,8 +62,10 @@ def validation_closure(
 
     Args:
         model: The model to evaluate.
-        batches: The tiny validation set, e.g. one batch of 32 examples, as the model takes them.
-            Dict batches (Hugging Face style) are passed as ``model(**batch)``.
+        batches: The tiny validation set as a list (or other iterable) of batches, e.g.
+            ``[batch]`` for one batch of 32 examples, as the model takes them. Dict batches
+            (Hugging Face style) are passed as ``model(**batch)``. A single dict or tensor is
+            refused: iterating it would give its keys or rows.
         loss_fn: ``loss_fn(model, batch) -> 0-dim tensor``. Default: ``model(**batch).loss``.
         rotate: If given, ``batches`` is a larger held-out pool cut into consecutive groups of
             ``rotate`` batches (a remainder is dropped), and stage ``k`` is judged on group
@@ -51,7 +75,11 @@ def validation_closure(
     Returns:
         A callable ``closure(stage=0)`` returning the unweighted mean of the per-batch losses
         (of the stage's group, with ``rotate``) as a 0-dim tensor. ``FastForward`` passes
-        ``stage`` itself.
+        ``stage`` itself. It holds ``model``, so a deep copy of both evaluates the copy.
+
+    Raises:
+        TypeError: ``model``, ``batches``, ``loss_fn`` or ``rotate`` has the wrong type.
+        ValueError: ``batches`` is empty or ``rotate`` is out of range.
 
     Example:
         >>> import torch
@@ -63,22 +91,26 @@ def validation_closure(
         >>> closure().shape
         torch.Size([])
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fastforward: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(batches, (Mapping, Tensor)) or not isinstance(batches, Iterable):
+        raise TypeError(
+            "fastforward: batches must be a list of batches, got a single "
+            f"{type(batches).__name__}; pass [batch]"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(
+            f"fastforward: loss_fn must be callable(model, batch) or None, got "
+            f"{type(loss_fn).__name__}"
+        )
     fixed = list(batches)
     if not fixed:
         raise ValueError("fastforward: batches is empty; pass at least one validation batch")
-    if rotate is not None and not 1 <= rotate <= len(fixed):
+    size = len(fixed) if rotate is None else _check_int("rotate", rotate, 0)
+    if not 1 <= size <= len(fixed):
         raise ValueError(
             f"fastforward: rotate must be between 1 and the number of batches ({len(fixed)}), "
             f"got {rotate}"
         )
-    size = rotate or len(fixed)
     groups = [fixed[i : i + size] for i in range(0, len(fixed) - size + 1, size)]
-    compute = loss_fn or _model_output_loss
-
-    def closure(stage: int = 0) -> Tensor:
-        with torch.no_grad(), _eval_mode(model):
-            group = groups[stage % len(groups)]
-            losses = [compute(model, batch).detach().float() for batch in group]
-        return torch.stack(losses).mean()
-
-    return closure
+    return ValidationClosure(model, groups, loss_fn)

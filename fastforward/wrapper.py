@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import numbers
 import time
+import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -15,7 +16,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fastforward import _keys
-from fastforward._checks import _check_int, _check_min_improvement
+from fastforward._checks import (
+    MAX_TAU_LIMIT,
+    _as_loss,
+    _check_int,
+    _check_max_tau_ratio,
+    _check_min_improvement,
+    _is_bool,
+)
 from fastforward._distributed import (
     _collective_device,
     _local_shard,
@@ -33,7 +41,7 @@ from fastforward._stage import (
     _search_name,
 )
 from fastforward._stats import FastForwardStats, StageRecord
-from fastforward.functional import fast_forward_stage
+from fastforward.functional import _run_stage
 
 logger = logging.getLogger("fastforward")
 
@@ -174,7 +182,7 @@ class FastForward(Optimizer):
         self,
         optimizer: Optimizer,
         model: nn.Module,
-        val_closure: ValClosure,
+        val_closure: ValClosure | None = None,
         interval: int = 6,
         *,
         warmup: int = 0,
@@ -190,8 +198,10 @@ class FastForward(Optimizer):
         process_group: Any = None,
     ) -> None:
         _check_kinds(optimizer, model, val_closure, on_stage)
+        assert val_closure is not None  # for mypy: _check_kinds refuses None
         _refuse_deferred_parameter_updates(optimizer)
-        _check_hyperparameters(
+        _refuse_second_wrapper(optimizer)
+        hyperparameters = _check_hyperparameters(
             interval=interval,
             warmup=warmup,
             max_tau=max_tau,
@@ -201,29 +211,43 @@ class FastForward(Optimizer):
             search=search,
             min_improvement=min_improvement,
         )
-        # Optimizer.__init__ sets up hooks and profiling; it gets copies of the group dicts so
-        # that it cannot touch the wrapped optimizer's, and its containers are replaced below.
-        super().__init__([dict(group) for group in optimizer.param_groups], optimizer.defaults)
+        self._closure_takes_stage = _check_closure_signature(val_closure)
+        # Optimizer.__init__ sets up hooks and profiling; it gets copies of the group dicts and
+        # builds containers of its own, which are dropped once `optimizer` is set (see below)
+        # (listed once each: torch warned about duplicates when the optimizer was built).
+        groups = [
+            {**group, "params": list(dict.fromkeys(group["params"]))}
+            for group in optimizer.param_groups
+        ]
+        super().__init__(groups, optimizer.defaults)
         self.optimizer = optimizer
-        self._share_base_containers()
-        if not self._trainable_params():
+        for name in _CONTAINERS:
+            del self.__dict__[_own(name)]
+        trainable = self._trainable_params()
+        if not trainable:
             raise ValueError(
                 "fastforward: optimizer has no parameter with requires_grad=True; "
                 "pass the optimizer of the trainable (e.g. LoRA) parameters"
             )
+        _check_owned_by(trainable, model)
         self.model = model
         self.val_closure = val_closure
-        self._closure_takes_stage = _accepts_keyword(val_closure, "stage")
-        self.interval, self.warmup = interval, warmup
-        self.max_tau, self.patience = max_tau, patience
-        self.max_tau_ratio = max_tau_ratio
-        self.adaptive_interval = None if adaptive_interval is None else tuple(adaptive_interval)
-        self.search, self.min_improvement = search, min_improvement
+        self.interval: int = hyperparameters["interval"]
+        self.warmup: int = hyperparameters["warmup"]
+        self.max_tau: int = hyperparameters["max_tau"]
+        self.max_tau_ratio: float | None = hyperparameters["max_tau_ratio"]
+        self.adaptive_interval: tuple[int, int] | None = hyperparameters["adaptive_interval"]
+        self.patience: int | None = hyperparameters["patience"]
+        self.search: str | SearchStrategy = hyperparameters["search"]
+        self.min_improvement: float = hyperparameters["min_improvement"]
         self.enabled = enabled
         self.on_stage = on_stage
         self.foreach = True if foreach is None else foreach
         self.process_group = process_group
         self.stats = FastForwardStats()
+        self._in_stage = False  # a stage is running: step() and the wrapped step must not
+        self._stepping = False  # inside step(): the wrapped optimizer's step is ours
+        self._warned_direct_step = False
         self._gave_up = False
         self._failed_stages_in_a_row = 0
         self._last_tau = 0
@@ -233,11 +257,69 @@ class FastForward(Optimizer):
         self._stage_params: list[Tensor] = []  # what it writes: their local shards
         self._anchor: list[Tensor] = []  # W_n in a stage
         self._delta: list[Tensor] = []  # W_{n-1} between snapshot and step, then Δ
+        self._guard_base_steps()
+
+    # The wrapped optimizer's containers, read on every access: the wrapper never holds a copy
+    # that could go stale (the wrapped optimizer's own load_state_dict replaces them). Until
+    # `optimizer` is set, Optimizer.__init__ fills private ones of its own.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimizer's ``param_groups`` (the same list)."""
+        return self._container("param_groups")  # type: ignore[no-any-return]
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self._set_container("param_groups", value)
+
+    @property
+    def state(self) -> Any:
+        """The wrapped optimizer's ``state`` (the same dict)."""
+        return self._container("state")
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._set_container("state", value)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The wrapped optimizer's ``defaults`` (the same dict)."""
+        return self._container("defaults")  # type: ignore[no-any-return]
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self._set_container("defaults", value)
+
+    def _container(self, name: str) -> Any:
+        base = self.__dict__.get("optimizer")
+        return self.__dict__[_own(name)] if base is None else getattr(base, name)
+
+    def _set_container(self, name: str, value: Any) -> None:
+        base = self.__dict__.get("optimizer")
+        if base is None:
+            self.__dict__[_own(name)] = value
+        else:
+            setattr(base, name, value)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether stages may run; may be changed between steps.
+
+        ``False`` makes the wrapper bitwise the bare optimizer and frees the stage buffers.
+        """
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        if not _is_bool(value) or isinstance(value, Tensor):
+            raise TypeError(f"fastforward: enabled must be a bool, got {type(value).__name__}")
+        self._enabled = bool(value)
+        if not value:
+            self._free_buffers()
 
     @property
     def active(self) -> bool:
         """Whether stages will still run: enabled and not given up."""
-        return self.enabled and not self._gave_up
+        return self._enabled and not self._gave_up
 
     @property
     def current_interval(self) -> int:
@@ -249,13 +331,18 @@ class FastForward(Optimizer):
             f"FastForward(interval={self.interval}, warmup={self.warmup}, max_tau={self.max_tau}, "
             f"max_tau_ratio={self.max_tau_ratio}, adaptive_interval={self.adaptive_interval}, "
             f"patience={self.patience}, search={_search_name(self.search)!r}, "
-            f"active={self.active},\n"
+            f"min_improvement={self.min_improvement}, active={self.active},\n"
             f"{self.optimizer!r})"
         )
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer.__getstate__ keeps only defaults/state/param_groups: copies would lose us.
         return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # The wrapped optimizer's own __getstate__ dropped its hooks, our guard among them.
+        self._guard_base_steps()
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -273,14 +360,22 @@ class FastForward(Optimizer):
         Returns:
             What the wrapped optimizer's ``step`` returned (the closure's loss, if given).
         """
-        stage_due = self._stage_due(self.stats.optimizer_steps + 1)
+        self._refuse_during_stage("step()")
+        step = self.stats.optimizer_steps + 1
+        stage_due = self._stage_due(step)
+        movable = stage_due and self._snapshot_()
+        self._stepping = True
+        try:
+            loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        finally:
+            self._stepping = False
+        self.stats.optimizer_steps = step
         if stage_due:
-            self._snapshot_()
-        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
-        self.stats.optimizer_steps += 1
-        if stage_due:
-            self._last_scheduled_step = self.stats.optimizer_steps
-            self._stage()
+            self._last_scheduled_step = step
+            if movable:
+                self._stage()
+            else:
+                self._skip_stage(step, "no parameter of the optimizer requires grad", logging.INFO)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -293,6 +388,7 @@ class FastForward(Optimizer):
             # Called by Optimizer.__init__ on our private copies of the base's groups.
             super().add_param_group(param_group)
             return
+        self._refuse_during_stage("add_param_group()")
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
@@ -317,8 +413,14 @@ class FastForward(Optimizer):
         """Load a dict from :meth:`state_dict` (the caller's dict is not modified).
 
         Also accepts a bare ``state_dict()`` of the wrapped optimizer's class, as when Fast
-        Forward is added to a run midway; the wrapper's counters then start from zero.
+        Forward is added to a run midway, or as ``torch.distributed.checkpoint`` returns it;
+        the wrapper then keeps its own counters and says so in a warning (see
+        :meth:`wrapper_state_dict` to checkpoint them separately).
+
+        Raises:
+            ValueError: the ``"fastforward"`` entry is malformed; nothing is loaded then.
         """
+        self._refuse_during_stage("load_state_dict()")
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             hooked = pre_hook(self, state_dict)
             if hooked is not None:
@@ -328,27 +430,85 @@ class FastForward(Optimizer):
         # Checked before anything is loaded, so that a rejected dict changes nothing.
         parsed = {} if wrapper_state is None else self._parse_wrapper_state(wrapper_state)
         self.optimizer.load_state_dict(base_state)
-        # Optimizer.load_state_dict replaces the base's containers with new objects.
-        self._share_base_containers()
         if wrapper_state is None:
             logger.warning(
-                "fastforward: the loaded state_dict has no %r entry (saved from a bare "
-                "optimizer?); the Fast Forward schedule restarts from step 0",
+                "fastforward: the loaded state_dict has no %r entry (saved from a bare optimizer, "
+                "or through torch.distributed.checkpoint?); the wrapper keeps its own schedule "
+                "(%d optimizer steps, %d stages, %s); save and load wrapper_state_dict() to "
+                "keep it across a checkpoint",
                 _keys.WRAPPER,
+                self.stats.optimizer_steps,
+                self.stats.stages,
+                "active" if self.active else "off",
             )
         else:
-            for name, value in parsed.items():
-                setattr(self, name, value)
+            self._set_wrapper_state(parsed)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
-    def _share_base_containers(self) -> None:
-        self.param_groups = self.optimizer.param_groups
-        self.state = self.optimizer.state
-        self.defaults = self.optimizer.defaults
+    def wrapper_state_dict(self) -> dict[str, Any]:
+        """The wrapper's own state alone: the ``"fastforward"`` entry of :meth:`state_dict`.
+
+        For checkpoint tools that keep only ``state`` and ``param_groups`` of an optimizer, such
+        as ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` under FSDP2:
+        save this dict beside theirs and give it to :meth:`load_wrapper_state_dict` after
+        theirs is loaded. Plain dicts, lists and numbers, identical on every rank.
+        """
+        return self._wrapper_state()
+
+    def load_wrapper_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a dict from :meth:`wrapper_state_dict`; the wrapped optimizer is not touched.
+
+        Raises:
+            ValueError: ``state`` is malformed; nothing is changed then.
+        """
+        self._refuse_during_stage("load_wrapper_state_dict()")
+        self._set_wrapper_state(self._parse_wrapper_state(state))
+
+    def _set_wrapper_state(self, parsed: dict[str, Any]) -> None:
+        enabled = parsed.pop("enabled")
+        for name, value in parsed.items():
+            setattr(self, name, value)
+        self.enabled = enabled
+        if self._gave_up:
+            self._free_buffers()
 
     def _trainable_params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        """The tensors a stage moves: trainable, each once (by identity), in group order."""
+        distinct: dict[int, Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    distinct.setdefault(id(p), p)
+        return list(distinct.values())
+
+    def _refuse_during_stage(self, what: str) -> None:
+        if self.__dict__.get("_in_stage"):
+            raise RuntimeError(
+                f"fastforward: {what} was called during a Fast Forward stage (from val_closure "
+                "or on_stage?); a stage must finish before the optimizer changes"
+            )
+
+    def _guard_base_steps(self) -> None:
+        """Hook the wrapped optimizer's step: refused during a stage, a warning if not ours."""
+        hooks = self.optimizer._optimizer_step_pre_hooks
+        if not any(isinstance(h, _BaseStepGuard) and h.wrapper() is self for h in hooks.values()):
+            self.optimizer.register_step_pre_hook(_BaseStepGuard(self))
+
+    def _before_base_step(self) -> None:
+        self._refuse_during_stage(f"{type(self.optimizer).__name__}.step()")
+        if self._stepping or not self.active or self._warned_direct_step:
+            return
+        self._warned_direct_step = True
+        warnings.warn(
+            f"fastforward: {type(self.optimizer).__name__}.step() was called on the wrapped "
+            "optimizer directly, so no Fast Forward stage runs and the schedule does not count "
+            "the step; call step() on the FastForward wrapper instead",
+            stacklevel=4,
+        )
+
+    def _free_buffers(self) -> None:
+        self._stage_owners, self._stage_params, self._anchor, self._delta = [], [], [], []
 
     def _stage_due(self, step: int) -> bool:
         if not self.active or step <= self.warmup:
@@ -364,9 +524,14 @@ class FastForward(Optimizer):
         return self.max_tau if cap >= self.max_tau else max(1, math.floor(cap))
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
-    def _snapshot_(self) -> None:
-        """Before the step that a stage follows: record ``W_{n-1}`` in the Δ buffers."""
+    def _snapshot_(self) -> bool:
+        """Before the step that a stage follows: record ``W_{n-1}`` in the Δ buffers.
+
+        Returns whether there is anything to move (some tensor still requires grad).
+        """
         owners = self._trainable_params()
+        if not owners:
+            return False
         params = [_local_shard(p) for p in owners]
         if not _buffers_fit(owners, self._stage_owners, params, self._delta):
             _check_owned_by(owners, self.model)
@@ -376,6 +541,7 @@ class FastForward(Optimizer):
         self._stage_params = params
         with torch.no_grad():
             _copy_(self._delta, params, foreach=self.foreach)
+        return True
 
     # A stage is Python control flow around user code: dynamo would unroll or break on it, so a
     # compiled `step` compiles the wrapped optimizer's step and runs the stage eagerly.
@@ -387,20 +553,23 @@ class FastForward(Optimizer):
         if not self._direction_usable(step):
             return
         started = time.perf_counter()
+        max_tau = self._max_tau_now()
+        self._in_stage = True
         try:
             with _eval_mode(self.model):
-                result = fast_forward_stage(
+                result = _run_stage(
                     self._stage_params,
                     self._delta,
                     self._validation_loss,
                     search=self.search,
-                    max_tau=self._max_tau_now(),
+                    max_tau=max_tau,
                     min_improvement=self.min_improvement,
-                    start=max(1, self._last_tau),
+                    start=min(max(1, self._last_tau), max_tau),
                     anchor=self._anchor,
                     foreach=self.foreach,
                 )
         finally:
+            self._in_stage = False
             seconds = time.perf_counter() - started
             self.stats.stage_seconds += seconds
         if not math.isfinite(result.loss_before):
@@ -434,7 +603,7 @@ class FastForward(Optimizer):
             if self._closure_takes_stage
             else self.val_closure()
         )
-        loss = _as_loss(value)
+        loss = _as_loss(value, "val_closure")
         return _mean_across_ranks(loss, self._collective_device(), self.process_group)
 
     def _collective_device(self) -> torch.device:
@@ -477,7 +646,7 @@ class FastForward(Optimizer):
     def _give_up(self, step: int) -> None:
         self._gave_up = True
         self.stats.gave_up_at_step = step
-        self._stage_owners, self._stage_params, self._anchor, self._delta = [], [], [], []
+        self._free_buffers()
         logger.info(
             "fastforward: %d stages in a row accepted tau=0; Fast Forward is off from step %d on",
             self._failed_stages_in_a_row,
@@ -508,8 +677,17 @@ class FastForward(Optimizer):
             _keys.STATS: self.stats.to_dict(),
         }
 
-    def _parse_wrapper_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        """The attributes a saved wrapper state sets, all checked; nothing is changed yet."""
+    def _parse_wrapper_state(self, state: object) -> dict[str, Any]:
+        """The attributes a saved wrapper state sets, all checked; nothing is changed yet.
+
+        Raises:
+            ValueError: naming the first field that is missing or has a wrong type or value.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"fastforward: the {_keys.WRAPPER!r} entry of the state_dict must be a dict, "
+                f"got {type(state).__name__}"
+            )
         version = state.get(_keys.VERSION)
         if version != _keys.FORMAT_VERSION:
             raise ValueError(
@@ -517,38 +695,34 @@ class FastForward(Optimizer):
                 f"(this version reads {_keys.FORMAT_VERSION})"
             )
         try:
-            hyperparameters: dict[str, Any] = dict(state[_keys.HYPERPARAMETERS])
+            saved: dict[str, Any] = dict(state[_keys.HYPERPARAMETERS])
             # Absent from dicts saved before these options existed: both were off.
-            hyperparameters.setdefault("max_tau_ratio", None)
-            hyperparameters.setdefault("adaptive_interval", None)
-            hyperparameters["search"] = self._saved_search(hyperparameters["search"])
-            _check_hyperparameters(**hyperparameters)
+            saved.setdefault("max_tau_ratio", None)
+            saved.setdefault("adaptive_interval", None)
+            saved["search"] = self._saved_search(saved["search"])
+            hyperparameters = _check_hyperparameters(**saved)
             interval, warmup = hyperparameters["interval"], hyperparameters["warmup"]
-            bounds = hyperparameters["adaptive_interval"]
-            if bounds is not None:
-                bounds = hyperparameters["adaptive_interval"] = tuple(bounds)
             stats = FastForwardStats.from_dict(state[_keys.STATS])
             steps_since_warmup = max(0, stats.optimizer_steps - warmup)
+            default_last = warmup + steps_since_warmup // interval * interval
             parsed = {
                 **hyperparameters,
-                "enabled": bool(state[_keys.ENABLED]),
-                "_gave_up": bool(state[_keys.GAVE_UP]),
-                "_failed_stages_in_a_row": int(state[_keys.FAILED_STAGES_IN_A_ROW]),
-                "_last_tau": int(state[_keys.LAST_TAU]),
-                "_interval_now": int(state.get(_keys.INTERVAL_NOW, interval)),
-                "_last_scheduled_step": int(
-                    state.get(
-                        _keys.LAST_SCHEDULED_STEP,
-                        warmup + steps_since_warmup // interval * interval,
-                    )
+                "enabled": _saved_bool(state, _keys.ENABLED),
+                "_gave_up": _saved_bool(state, _keys.GAVE_UP),
+                "_failed_stages_in_a_row": _saved_int(state, _keys.FAILED_STAGES_IN_A_ROW, 0),
+                "_last_tau": _saved_int(state, _keys.LAST_TAU, 0),
+                "_interval_now": _saved_int(state, _keys.INTERVAL_NOW, 0, default=interval),
+                "_last_scheduled_step": _saved_int(
+                    state, _keys.LAST_SCHEDULED_STEP, 0, default=default_last
                 ),
                 "stats": stats,
             }
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError) as error:
             raise ValueError(
                 f"fastforward: the {_keys.WRAPPER!r} entry of the state_dict is malformed: "
                 f"{error!r}"
             ) from error
+        bounds = hyperparameters["adaptive_interval"]
         if bounds is None:
             parsed["_interval_now"] = interval
         elif not bounds[0] <= parsed["_interval_now"] <= bounds[1]:
@@ -570,6 +744,39 @@ class FastForward(Optimizer):
         )
 
 
+_CONTAINERS = ("param_groups", "state", "defaults")
+
+
+def _own(container: str) -> str:
+    """Where Optimizer.__init__'s own container lives until the wrapped optimizer is known."""
+    return f"_init_{container}"
+
+
+class _BaseStepGuard:
+    """A step pre-hook on the wrapped optimizer, holding its wrapper weakly.
+
+    Weakly, so that a wrapper the user dropped is freed and the optimizer can be wrapped again.
+    """
+
+    def __init__(self, wrapper: FastForward) -> None:
+        self.wrapper = weakref.ref(wrapper)
+
+    def __call__(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        wrapper = self.wrapper()
+        if wrapper is not None:
+            wrapper._before_base_step()
+
+
+def _refuse_second_wrapper(optimizer: Optimizer) -> None:
+    for hook in optimizer._optimizer_step_pre_hooks.values():
+        if isinstance(hook, _BaseStepGuard) and hook.wrapper() is not None:
+            raise ValueError(
+                "fastforward: optimizer is already wrapped by another FastForward that is still "
+                "alive; two wrappers would each run stages. Use the existing wrapper, or drop "
+                "every reference to it first"
+            )
+
+
 def _check_kinds(optimizer: object, model: object, val_closure: object, on_stage: object) -> None:
     if isinstance(optimizer, FastForward):
         raise TypeError("fastforward: optimizer is already a FastForward; wrap the bare optimizer")
@@ -578,8 +785,18 @@ def _check_kinds(optimizer: object, model: object, val_closure: object, on_stage
             "fastforward: optimizer must be a torch.optim.Optimizer, "
             f"got {type(optimizer).__name__}"
         )
+    usage = "FastForward(optimizer, model, val_closure, interval=6)"
     if not isinstance(model, nn.Module):
-        raise TypeError(f"fastforward: model must be a torch.nn.Module, got {type(model).__name__}")
+        hint = " (was model left out?)" if callable(model) and val_closure is None else ""
+        raise TypeError(
+            f"fastforward: model must be a torch.nn.Module, got {type(model).__name__}{hint}; "
+            f"the signature is {usage}"
+        )
+    if val_closure is None:
+        raise TypeError(
+            "fastforward: val_closure is required: a zero-argument callable returning the loss "
+            f"on the tiny validation set; the signature is {usage}"
+        )
     if not callable(val_closure):
         raise TypeError(
             "fastforward: val_closure must be a zero-argument callable returning the validation "
@@ -591,20 +808,50 @@ def _check_kinds(optimizer: object, model: object, val_closure: object, on_stage
         )
 
 
+def _check_closure_signature(val_closure: Callable[..., object]) -> bool:
+    """Refuse a closure that needs arguments; whether it takes the keyword ``stage``.
+
+    An ``nn.Module`` is judged by its ``forward``, which its ``__call__`` forwards to.
+    """
+    target = val_closure.forward if isinstance(val_closure, nn.Module) else val_closure
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    stage = parameters.get("stage")
+    takes_stage = stage is not None and stage.kind in by_keyword
+    required = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and not (name == "stage" and takes_stage)
+    ]
+    if required:
+        raise TypeError(
+            "fastforward: val_closure is called with no arguments (or only stage=k), but its "
+            f"parameters {required} have no default; close over the validation batch instead, "
+            "e.g. with fastforward.validation_closure(model, [batch])"
+        )
+    return takes_stage
+
+
 def _check_owned_by(params: list[Tensor], model: nn.Module) -> None:
     """A stage evaluates ``model``, so it must move the model's own tensors.
 
-    Fails when the optimizer holds copies, e.g. flat fp32 partitions that DeepSpeed ZeRO (also
-    through accelerate) copies into the model only after ``step()`` returns.
+    Fails when the optimizer was built on another copy of the model, or holds copies of its
+    own, e.g. the flat fp32 partitions that DeepSpeed ZeRO copies into the model after a step.
     """
     owned = {id(p) for p in model.parameters()}
     strangers = sum(id(p) not in owned for p in params)
     if strangers:
         raise RuntimeError(
             f"fastforward: {strangers} of the optimizer's {len(params)} trainable tensors are not "
-            "parameters of `model`, so a stage would evaluate stale weights (DeepSpeed ZeRO and "
-            "master-weight optimizers keep such copies); build the optimizer on "
-            "model.parameters() and use DDP or FSDP"
+            "parameters of `model`, so a stage would move tensors that `model` does not use. "
+            "Build the optimizer on this model's parameters (not on a copy, nor before "
+            "get_peft_model or deepcopy); optimizers that keep master copies (DeepSpeed ZeRO) "
+            "are not supported, use DDP or FSDP"
         )
 
 
@@ -631,71 +878,53 @@ def _check_hyperparameters(
     min_improvement: object,
     max_tau_ratio: object,
     adaptive_interval: object,
-) -> None:
-    _check_int("interval", interval, 1)
-    _check_int("warmup", warmup, 0)
-    _check_int("max_tau", max_tau, 1)
-    if max_tau_ratio is not None:
-        if isinstance(max_tau_ratio, bool) or not isinstance(max_tau_ratio, (int, float)):
-            raise TypeError(
-                "fastforward: max_tau_ratio must be a float or None, "
-                f"got {type(max_tau_ratio).__name__}"
-            )
-        if not 0.0 < max_tau_ratio < math.inf:
-            raise ValueError(
-                f"fastforward: max_tau_ratio must be positive and finite, got {max_tau_ratio}"
-            )
-    if adaptive_interval is not None:
-        _check_interval_bounds(adaptive_interval, interval)
-    if patience is not None:
-        _check_int("patience", patience, 1)
+) -> dict[str, Any]:
+    """The hyperparameters, checked, as plain Python values (``int``, ``float``, ``str``)."""
+    interval = _check_int("interval", interval, 1)
     _check_search(search)
-    _check_min_improvement(min_improvement)
+    return {
+        "interval": interval,
+        "warmup": _check_int("warmup", warmup, 0),
+        "max_tau": _check_int("max_tau", max_tau, 1, MAX_TAU_LIMIT),
+        "max_tau_ratio": _check_max_tau_ratio(max_tau_ratio),
+        "adaptive_interval": (
+            None
+            if adaptive_interval is None
+            else _check_interval_bounds(adaptive_interval, interval)
+        ),
+        "patience": None if patience is None else _check_int("patience", patience, 1),
+        # A str subclass (an enum) is stored as the plain string it equals.
+        "search": str.__str__(search) if isinstance(search, str) else search,
+        "min_improvement": _check_min_improvement(min_improvement),
+    }
 
 
-def _check_interval_bounds(bounds: object, interval: object) -> None:
+def _check_interval_bounds(bounds: object, interval: int) -> tuple[int, int]:
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
         raise TypeError(
             "fastforward: adaptive_interval must be a (shortest, longest) pair of ints or None, "
             f"got {bounds!r}"
         )
-    shortest, longest = bounds
-    _check_int("adaptive_interval[0]", shortest, 1)
-    _check_int("adaptive_interval[1]", longest, 1)
+    shortest = _check_int("adaptive_interval[0]", bounds[0], 1)
+    longest = _check_int("adaptive_interval[1]", bounds[1], 1)
     if not shortest <= interval <= longest:
         raise ValueError(
-            f"fastforward: adaptive_interval {tuple(bounds)} must satisfy shortest <= interval "
-            f"({interval}) <= longest"
+            f"fastforward: adaptive_interval {(shortest, longest)} must satisfy shortest <= "
+            f"interval ({interval}) <= longest"
         )
+    return shortest, longest
 
 
-def _accepts_keyword(function: Callable[..., object], name: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # some builtins have no signature
-        return False
-    parameter = parameters.get(name)
-    return parameter is not None and parameter.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.KEYWORD_ONLY,
-    )
+def _saved_bool(state: dict[str, Any], key: str) -> bool:
+    value = state[key]
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} must be a bool, got {value!r}")
+    return value
 
 
-def _as_loss(value: object) -> float:
-    """The validation loss as a float; ``TypeError`` for anything but a scalar."""
-    if isinstance(value, Tensor):
-        if value.dim() != 0:
-            raise TypeError(
-                "fastforward: val_closure must return a Python number or a 0-dim tensor, got a "
-                f"tensor of shape {tuple(value.shape)}; reduce it, e.g. with .mean()"
-            )
-        return float(value.detach())
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError(
-        "fastforward: val_closure must return a Python number or a 0-dim tensor, "
-        f"got {type(value).__name__}"
-    )
+def _saved_int(state: dict[str, Any], key: str, low: int, default: int | None = None) -> int:
+    value = state.get(key, default) if default is not None else state[key]
+    return _check_int(key, value, low)
 
 
 def _buffers_fit(

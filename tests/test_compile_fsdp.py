@@ -92,3 +92,67 @@ def test_fsdp2_ranks_agree_and_hold_the_same_full_parameters(tmp_path):
     assert sum(rank0["taus"]) > 0
     assert rank0["taus"] == rank1["taus"]
     assert all(bitwise_equal(a, b) for a, b in zip(rank0["params"], rank1["params"], strict=True))
+
+
+def _dcp_worker(rank: int, checkpoint: str) -> dict:
+    """Train, save with DCP (model, optimizer, wrapper state), load into a fresh run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import fully_shard
+
+    from fastforward.dcp import WrapperState
+
+    def sharded_run():
+        model, x, y = _model_and_data()
+        fully_shard(model)
+        loss_fn = lambda: torch.nn.functional.mse_loss(model(x[rank::2]), y[rank::2])  # noqa: E731
+        adam = torch.optim.Adam(model.parameters(), lr=1e-2)
+        # A margin no stage can clear: the first stage fails and Fast Forward gives up.
+        return model, FastForward(adam, model, loss_fn, 3, patience=1, min_improvement=0.99)
+
+    model, ff = sharded_run()
+    for _ in range(4):
+        torch.nn.functional.mse_loss(model(_model_and_data()[1]), _model_and_data()[2]).backward()
+        ff.step()
+        ff.zero_grad()
+    state = {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, ff),
+        "fastforward": WrapperState(ff),
+    }
+    dcp.save(state, checkpoint_id=checkpoint)
+
+    fresh_model, fresh = sharded_run()
+    state = {
+        "model": get_model_state_dict(fresh_model),
+        "optim": get_optimizer_state_dict(fresh_model, fresh),
+        "fastforward": WrapperState(fresh),
+    }
+    dcp.load(state, checkpoint_id=checkpoint)
+    set_model_state_dict(fresh_model, state["model"])
+    set_optimizer_state_dict(fresh_model, fresh, state["optim"])
+    return {"saved": ff.wrapper_state_dict(), "loaded": fresh.wrapper_state_dict()}
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_fsdp2_with_dcp_checkpoints_the_wrapper_state_beside_the_optimizer(tmp_path):
+    from functools import partial
+
+    ranks = run_on_ranks(partial(_dcp_worker, checkpoint=str(tmp_path / "dcp")), 2, tmp_path)
+    saved = _without_timings(ranks[0]["saved"])
+    assert saved["gave_up"] is True
+    assert saved["stats"]["optimizer_steps"] == 4
+    for result in ranks:  # DCP keeps one rank's copy of a non-tensor entry, with its timings
+        assert _without_timings(result["saved"]) == saved
+        assert _without_timings(result["loaded"]) == saved
+
+
+def _without_timings(state: dict) -> dict:
+    stats = dict(state["stats"], stage_seconds=None)
+    stats["history"] = [dict(record, seconds=None) for record in stats["history"]]
+    return dict(state, stats=stats)

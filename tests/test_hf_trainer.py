@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from reference import bitwise_equal
@@ -37,7 +38,11 @@ def _trainer(output_dir, **overrides):
     )
     adam = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     val = validation_closure(model, token_batches(1, 8, seed=99))
-    ff = FastForward(adam, model, val, interval=INTERVAL, max_tau=16, patience=None)
+    # numpy hyperparameters: the checkpoint must still load with torch.load(weights_only=True)
+    ff = FastForward(
+        adam, model, val, np.int64(INTERVAL), max_tau=np.int64(16), patience=None,
+        min_improvement=np.float64(1e-3),
+    )  # fmt: skip
     scheduler = transformers.get_linear_schedule_with_warmup(ff, 2, STEPS)
     args = transformers.TrainingArguments(
         output_dir=str(output_dir),
