@@ -10,7 +10,8 @@ FLOPs are measured with ``torch.utils.flop_counter.FlopCounterMode``: one traini
 (forward + backward + optimizer step, as it really is with a frozen base) and one validation
 pass are counted on the run's own model; shapes are fixed, so each step and each evaluation costs
 exactly that. Moving the parameters in a stage adds 2 FLOPs per trainable element per move.
-Wall time covers training only (test evaluations excluded).
+Wall time and process CPU time cover training only (test evaluations excluded); on a shared
+machine wall time moves with other jobs, CPU time much less.
 
     python benchmarks/bench_reproduce.py --preset quick   # README's main job, < 10 min
     python benchmarks/bench_reproduce.py --preset full    # docs/results.md
@@ -82,7 +83,8 @@ class Result:
     forward_flops: int = 0  # one training batch, forward only: the paper's 3x accounting
     flops: int = 0
     paper_flops: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # training wall time
+    cpu_seconds: float = 0.0  # training process CPU time: robust to other jobs on the machine
     stages: int = 0
     taus: list[int] = field(default_factory=list)
     stage_losses: list[tuple[float, float]] = field(default_factory=list)  # (before, after)
@@ -174,11 +176,12 @@ def train(spec: Spec, base: torch.nn.Module, splits: lm.Splits, args, target: fl
     test("start")
     stages_seen = 0
     for batch in batches:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         lm.lm_loss(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad()
         result.seconds += time.perf_counter() - started
+        result.cpu_seconds += time.process_time() - cpu_started
         result.steps += 1
         stages = _stages(optimizer)
         staged, stages_seen = stages > stages_seen, stages

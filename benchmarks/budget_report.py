@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks import anytime
 
 TOLERANCE = 1e-4  # a run "reaches" a loss when it is within this of it, as in bench_reproduce
 
@@ -181,10 +184,34 @@ def sweep_cost(results: list[Any], tuned: Any) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class _Curve:
+    """A run as ``anytime.table`` reads it."""
+
+    name: str
+    group: str
+    curve: list[tuple[int, float, str]]
+
+
+def anytime_table(results: list[Any]) -> str:
+    """Loss at equal FLOPs and FLOPs to Adam's loss, each run against Adam at its lr."""
+    runs = [
+        _Curve(
+            f"{o.run.label} lr={o.run.lr:g}",
+            f"{o.run.lr:g}",
+            [(flops, loss, "") for _, flops, _, loss in o.curve],
+        )
+        for o in results
+    ]
+    adam = {r.group: r for r, o in zip(runs, results, strict=True) if not o.run.is_ff}
+    return anytime.table(runs, adam, {group: r.curve[-1][0] for group, r in adam.items()})
+
+
 def write_lr_study(results: list[Any], tuned: Any, out: Path) -> None:
     table = lr_table(results, tuned)
     text = "\n".join([table, "", sweep_cost(results, tuned), ""])
     (out / "lr_table.md").write_text(text)
+    (out / "anytime_table.md").write_text(anytime_table(results))
     plot_final_loss_vs_lr(results, tuned, out / "final_loss_vs_lr.png")
     plot_small_lr_vs_tuned(results, tuned, out / "small_lr_vs_tuned_adam.png")
     print(text)

