@@ -9,16 +9,12 @@ numbers a stage decides on, so that all ranks see the same values.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch < 2.4
-    DTensor = None  # type: ignore[assignment,misc]
 
 
 def _world(group: Any) -> int:
@@ -65,6 +61,8 @@ def _local_shard(param: Tensor) -> Tensor:
     parameter exactly, without the collectives (or missing sharding rules) of ``DTensor`` ops.
     In-place writes to the returned tensor write the parameter.
     """
-    if DTensor is not None and isinstance(param, DTensor):
-        return param.to_local()
+    # Not imported here (it costs ~0.7 s): a DTensor exists only once its module is loaded.
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    if dtensor_module is not None and isinstance(param, dtensor_module.DTensor):
+        return param.to_local()  # type: ignore[no-any-return]
     return param

@@ -19,6 +19,9 @@ class StageRecord:
         loss_after: Validation loss at the point the stage landed on; never above ``loss_before``.
         evaluations: Number of ``val_closure`` calls the stage made, including the one at ``W_n``.
         seconds: Wall time of the stage, evaluations included.
+        rejected_tau: With ``tau == 0``: the best point found, if ``min_improvement`` turned
+            it down; else ``None``.
+        rejected_loss: Its validation loss, or ``None``.
     """
 
     step: int
@@ -27,6 +30,8 @@ class StageRecord:
     loss_after: float
     evaluations: int
     seconds: float
+    rejected_tau: int | None = None
+    rejected_loss: float | None = None
 
 
 @dataclass
@@ -56,6 +61,17 @@ class FastForwardStats:
     stage_seconds: float = 0.0
     gave_up_at_step: int | None = None
     history: list[StageRecord] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        """One short line for ``print(ff.stats)``; ``repr`` keeps every field and record."""
+        accepted = sum(record.tau > 0 for record in self.history)
+        skipped = f" (+{self.skipped_stages} skipped)" if self.skipped_stages else ""
+        state = "" if self.gave_up_at_step is None else f"; off since step {self.gave_up_at_step}"
+        return (
+            f"Fast Forward: {self.optimizer_steps} optimizer steps, {self.stages} stages{skipped}"
+            f" ({accepted} moved the model) simulating {self.simulated_steps} steps, for "
+            f"{self.evaluations} validation passes in {self.stage_seconds:.1f} s{state}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts, lists and numbers only, for ``torch.load(..., weights_only=True)``."""
@@ -88,23 +104,31 @@ class FastForwardStats:
 
 _COUNTS = {
     "optimizer_steps", "stages", "skipped_stages", "simulated_steps", "evaluations", "step",
-    "tau",
+    "tau", "gave_up_at_step", "rejected_tau",
 }  # fmt: skip
-_NUMBERS = {"stage_seconds", "loss_before", "loss_after", "seconds"}
+_NUMBERS = {"stage_seconds", "loss_before", "loss_after", "seconds", "rejected_loss"}
+_OPTIONAL = {"gave_up_at_step", "rejected_tau", "rejected_loss"}  # None allowed
 
 
 def _check_fields(where: str, values: dict[str, Any], kind: type) -> None:
-    """``values`` has exactly the fields of dataclass ``kind``, each of a plain, valid type."""
-    names = {f.name for f in dataclasses.fields(kind)}
-    if set(values) != names:
-        missing, unknown = sorted(names - set(values)), sorted(set(values) - names)
+    """``values`` holds the fields of dataclass ``kind``, each of a plain, valid type.
+
+    A field with a default may be missing (a checkpoint from before the field existed).
+    """
+    fields = dataclasses.fields(kind)
+    names = {f.name for f in fields}
+    required = {
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    if not required <= set(values) <= names:
+        missing, unknown = sorted(required - set(values)), sorted(set(values) - names)
         raise TypeError(f"{where}: missing fields {missing}, unknown fields {unknown}")
     for name, value in values.items():
-        if (
-            name in _COUNTS
-            or name == "evaluations"
-            or (name == "gave_up_at_step" and value is not None)
-        ):
+        if value is None and name in _OPTIONAL:
+            continue
+        if name in _COUNTS:
             if type(value) is not int:
                 raise TypeError(f"{where}.{name} must be an int, got {value!r}")
             if value < 0:

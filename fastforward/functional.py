@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 SEARCH_STRATEGIES = tuple(SEARCHES)
-"""Names accepted by ``search=``."""
+"""The names of the built-in search strategies that ``search=`` accepts, as a tuple of str."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,17 @@ class StageResult:
         loss_before: Loss at ``W_n``.
         loss_after: Loss at the landing point (``loss_before`` when ``tau == 0``).
         evaluations: Calls of ``loss`` made, including the one at ``W_n``.
+        rejected_tau: With ``tau == 0``: the best point found, if ``min_improvement`` turned
+            it down (it beat ``L_0``, by less than the margin); else ``None``.
+        rejected_loss: Its loss, or ``None``.
     """
 
     tau: int
     loss_before: float
     loss_after: float
     evaluations: int
+    rejected_tau: int | None = None
+    rejected_loss: float | None = None
 
 
 def fast_forward_stage(
@@ -188,7 +193,10 @@ def _run_stage(
         finally:
             ray._land_()
     loss_after = ray.best_loss if ray.best_loss < math.inf else ray.loss_at_anchor
-    return StageResult(ray.best_tau, ray.loss_at_anchor, loss_after, ray.evaluations)
+    rejected_tau, rejected_loss = ray.rejected or (None, None)
+    return StageResult(
+        ray.best_tau, ray.loss_at_anchor, loss_after, ray.evaluations, rejected_tau, rejected_loss
+    )
 
 
 def _distinct(

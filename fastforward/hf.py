@@ -1,6 +1,6 @@
 """Hugging Face ``transformers.Trainer`` support: log Fast Forward's counters with the metrics.
 
-Requires ``transformers`` (``pip install fastforward[peft]``). Usage::
+Requires ``transformers`` (``pip install 'fastforward-lora[peft]'``). Usage::
 
     adamw = torch.optim.AdamW(lora_params, lr=4e-5)
     ff = FastForward(adamw, model, validation_closure(model, [val_batch]))
@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+try:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ImportError as missing:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "fastforward.hf needs transformers: pip install 'fastforward-lora[peft]'"
+    ) from missing
 
 from fastforward.wrapper import FastForward
 

@@ -9,6 +9,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, overload
 
 import torch
@@ -29,6 +30,7 @@ from fastforward._distributed import (
     _local_shard,
     _max_across_ranks,
     _mean_across_ranks,
+    _world,
 )
 from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
 from fastforward._modes import _eval_mode
@@ -248,6 +250,7 @@ class FastForward(Optimizer):
         self._in_stage = False  # a stage is running: step() and the wrapped step must not
         self._stepping = False  # inside step(): the wrapped optimizer's step is ours
         self._warned_direct_step = False
+        self._progress = _Progress(0.0)
         self._gave_up = False
         self._failed_stages_in_a_row = 0
         self._last_tau = 0
@@ -258,6 +261,7 @@ class FastForward(Optimizer):
         self._anchor: list[Tensor] = []  # W_n in a stage
         self._delta: list[Tensor] = []  # W_{n-1} between snapshot and step, then Δ
         self._guard_base_steps()
+        _run_stages_eagerly()
 
     # The wrapped optimizer's containers, read on every access: the wrapper never holds a copy
     # that could go stale (the wrapped optimizer's own load_state_dict replaces them). Until
@@ -431,11 +435,12 @@ class FastForward(Optimizer):
         parsed = {} if wrapper_state is None else self._parse_wrapper_state(wrapper_state)
         self.optimizer.load_state_dict(base_state)
         if wrapper_state is None:
-            logger.warning(
-                "fastforward: the loaded state_dict has no %r entry (saved from a bare optimizer, "
-                "or through torch.distributed.checkpoint?); the wrapper keeps its own schedule "
-                "(%d optimizer steps, %d stages, %s); save and load wrapper_state_dict() to "
-                "keep it across a checkpoint",
+            self._log(
+                logging.WARNING,
+                "the loaded state_dict has no %r entry (saved from a bare optimizer, or through "
+                "torch.distributed.checkpoint?); the wrapper keeps its own schedule (%d optimizer "
+                "steps, %d stages, %s); to keep it across a checkpoint, save "
+                "ff.wrapper_state_dict() (with DCP: fastforward.dcp.WrapperState(ff)) beside it",
                 _keys.WRAPPER,
                 self.stats.optimizer_steps,
                 self.stats.stages,
@@ -523,7 +528,6 @@ class FastForward(Optimizer):
         cap = self.max_tau_ratio * self._interval_now
         return self.max_tau if cap >= self.max_tau else max(1, math.floor(cap))
 
-    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _snapshot_(self) -> bool:
         """Before the step that a stage follows: record ``W_{n-1}`` in the Δ buffers.
 
@@ -543,9 +547,6 @@ class FastForward(Optimizer):
             _copy_(self._delta, params, foreach=self.foreach)
         return True
 
-    # A stage is Python control flow around user code: dynamo would unroll or break on it, so a
-    # compiled `step` compiles the wrapped optimizer's step and runs the stage eagerly.
-    @torch.compiler.disable  # type: ignore[untyped-decorator]
     @torch.no_grad()
     def _stage(self) -> None:
         """After step ``n``: search along Δ and land on the best point."""
@@ -553,6 +554,7 @@ class FastForward(Optimizer):
         if not self._direction_usable(step):
             return
         started = time.perf_counter()
+        self._progress = _Progress(started)
         max_tau = self._max_tau_now()
         self._in_stage = True
         try:
@@ -578,7 +580,14 @@ class FastForward(Optimizer):
             return
         self._record_stage(
             StageRecord(
-                step, result.tau, result.loss_before, result.loss_after, result.evaluations, seconds
+                step,
+                result.tau,
+                result.loss_before,
+                result.loss_after,
+                result.evaluations,
+                seconds,
+                result.rejected_tau,
+                result.rejected_loss,
             )
         )
 
@@ -604,14 +613,44 @@ class FastForward(Optimizer):
             else self.val_closure()
         )
         loss = _as_loss(value, "val_closure")
-        return _mean_across_ranks(loss, self._collective_device(), self.process_group)
+        loss = _mean_across_ranks(loss, self._collective_device(), self.process_group)
+        self._report_progress(loss)
+        return loss
+
+    def _report_progress(self, loss: float) -> None:
+        """A DEBUG line per evaluation; an INFO line every ``PROGRESS_SECONDS`` of one stage."""
+        progress = self._progress
+        progress.evaluations += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log(
+                logging.DEBUG,
+                "stage after step %d: validation pass %d: loss %.6g",
+                self.stats.optimizer_steps,
+                progress.evaluations,
+                loss,
+            )
+        elapsed = time.perf_counter() - progress.started
+        if elapsed >= progress.next_report:
+            progress.next_report += PROGRESS_SECONDS
+            self._log(
+                logging.INFO,
+                "stage after step %d still running: %d validation passes in %.0f s",
+                self.stats.optimizer_steps,
+                progress.evaluations,
+                elapsed,
+            )
+
+    def _log(self, level: int, message: str, *args: object) -> None:
+        """Log through the ``fastforward`` logger, naming the rank under torch.distributed."""
+        rank = _rank(self.process_group)
+        logger.log(level, message if rank is None else f"rank {rank}: {message}", *args)
 
     def _collective_device(self) -> torch.device:
         return _collective_device(self.process_group, self._stage_params[0].device)
 
     def _skip_stage(self, step: int, reason: str, level: int) -> None:
         self.stats.skipped_stages += 1
-        logger.log(level, "fastforward: no stage after step %d: %s", step, reason)
+        self._log(level, "no stage after step %d: %s", step, reason)
 
     def _record_stage(self, record: StageRecord) -> None:
         stats = self.stats
@@ -620,13 +659,23 @@ class FastForward(Optimizer):
         stats.history.append(record)
         self._last_tau = record.tau
         self._adapt_interval(record.tau)
-        logger.info(
-            "fastforward: stage after step %d: tau=%d, val loss %.6g -> %.6g (%d evaluations)",
+        rejected = ""
+        if record.rejected_tau is not None and record.rejected_loss is not None:
+            gain = 1 - record.rejected_loss / record.loss_before if record.loss_before else 0.0
+            rejected = (
+                f"; best point tau={record.rejected_tau} gained only {gain:.3%} "
+                f"< min_improvement {self.min_improvement:.3%}"
+            )
+        self._log(
+            logging.INFO,
+            "stage after step %d: tau=%d, val loss %.6g -> %.6g (%d validation passes, %.1f s)%s",
             record.step,
             record.tau,
             record.loss_before,
             record.loss_after,
             record.evaluations,
+            record.seconds,
+            rejected,
         )
         self._failed_stages_in_a_row = self._failed_stages_in_a_row + 1 if record.tau == 0 else 0
         if self.patience is not None and self._failed_stages_in_a_row >= self.patience:
@@ -647,10 +696,16 @@ class FastForward(Optimizer):
         self._gave_up = True
         self.stats.gave_up_at_step = step
         self._free_buffers()
-        logger.info(
-            "fastforward: %d stages in a row accepted tau=0; Fast Forward is off from step %d on",
-            self._failed_stages_in_a_row,
+        # WARNING: the default log level shows it; a user must know that stages stopped.
+        self._log(
+            logging.WARNING,
+            "Fast Forward is off from step %d on: %d stages in a row accepted tau=0 (patience=%d; "
+            "none beat the validation loss at W_n by min_improvement=%g); the wrapper is now "
+            "the bare optimizer",
             step,
+            self._failed_stages_in_a_row,
+            self.patience,
+            self.min_improvement,
         )
 
     def _wrapper_state(self) -> dict[str, Any]:
@@ -745,6 +800,41 @@ class FastForward(Optimizer):
 
 
 _CONTAINERS = ("param_groups", "state", "defaults")
+
+PROGRESS_SECONDS = 10.0
+"""A stage that runs this long logs an INFO line, and again after each further interval."""
+
+
+@dataclass
+class _Progress:
+    """Where the running stage is, for its progress lines."""
+
+    started: float
+    evaluations: int = 0
+    next_report: float = PROGRESS_SECONDS
+
+
+def _rank(group: Any) -> int | None:
+    """This process's rank when torch.distributed is in use with more than one rank."""
+    if _world(group) == 1:
+        return None
+    return int(torch.distributed.get_rank(group))
+
+
+def _run_stages_eagerly() -> None:
+    """Exclude the snapshot and the stage from ``torch.compile``, once per process.
+
+    A stage is Python control flow around user code that dynamo would unroll or break on, so a
+    compiled ``step`` compiles the wrapped optimizer's step and runs the stage eagerly. Done at
+    the first construction rather than at import: ``torch.compiler.disable`` imports dynamo,
+    which would double the import time of ``fastforward``.
+    """
+    if FastForward.__dict__.get("_stages_run_eagerly"):
+        return
+    for name in ("_snapshot_", "_stage"):
+        eager = torch.compiler.disable(FastForward.__dict__[name])  # type: ignore[no-untyped-call]
+        setattr(FastForward, name, eager)
+    FastForward._stages_run_eagerly = True  # type: ignore[attr-defined]
 
 
 def _own(container: str) -> str:
