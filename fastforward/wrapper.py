@@ -250,7 +250,7 @@ class FastForward(Optimizer):
         self._in_stage = False  # a stage is running: step() and the wrapped step must not
         self._stepping = False  # inside step(): the wrapped optimizer's step is ours
         self._warned_direct_step = False
-        self._progress = _Progress(0.0)
+        self._progress = _Progress(0.0, next_report=PROGRESS_SECONDS)
         self._gave_up = False
         self._failed_stages_in_a_row = 0
         self._last_tau = 0
@@ -554,7 +554,7 @@ class FastForward(Optimizer):
         if not self._direction_usable(step):
             return
         started = time.perf_counter()
-        self._progress = _Progress(started)
+        self._progress = _Progress(started, next_report=PROGRESS_SECONDS)
         max_tau = self._max_tau_now()
         self._in_stage = True
         try:
@@ -810,8 +810,8 @@ class _Progress:
     """Where the running stage is, for its progress lines."""
 
     started: float
+    next_report: float  # seconds into the stage
     evaluations: int = 0
-    next_report: float = PROGRESS_SECONDS
 
 
 def _rank(group: Any) -> int | None:
