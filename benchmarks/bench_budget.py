@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -44,9 +44,12 @@ import torch
 
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import budget_report, lm
+from benchmarks import budget_report
 from benchmarks.bench_reproduce import PAPER_LR, Spec, build, unit_costs
 from fastforward import FastForward, validation_closure
+
+if TYPE_CHECKING:
+    from benchmarks import lm
 
 OUT = Path(__file__).resolve().parent / "results" / "budget"
 N_TRAIN, N_TEST, EPOCHS, BATCH = 2048, 250, 5, 128
@@ -118,6 +121,8 @@ def train(
     spec = Spec("budget", lr=run.lr)
     model = build(spec, base, seed)
     params = [p for p in model.parameters() if p.requires_grad]
+    from benchmarks import lm
+
     order = torch.Generator().manual_seed(seed)
     batches = [
         splits.train[index]
@@ -203,14 +208,26 @@ def lr_study() -> list[Run]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--study", choices=("all", "lr", "search"), default="all")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--study",
+        choices=("all", "lr", "search"),
+        default="all",
+        help="lr: the learning-rate sweep; search: strategies and guards "
+        "(default: all, ~85 min on 2 cores)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
         "--seed", type=int, default=0, help="data order and LoRA init; not 0: under seed<N>/"
     )
     args = parser.parse_args(argv)
+    from benchmarks import lm  # transformers: imported once the arguments are parsed
+
     torch.set_num_threads(args.threads)
     out = OUT if args.seed == 0 else OUT / f"seed{args.seed}"
     runs_dir = out / "runs"

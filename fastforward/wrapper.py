@@ -91,12 +91,14 @@ class FastForward(Optimizer):
         optimizer: The optimizer to wrap, e.g. ``torch.optim.AdamW(lora_params, lr=4e-5)``.
         model: The module being trained. Stages put it in ``eval()`` mode while they evaluate and
             restore every submodule's mode afterwards.
-        val_closure: Zero-argument callable returning the loss on the tiny validation set (the
-            paper uses 32 examples) as a Python number or a 0-dim tensor. Called under
-            ``torch.no_grad()`` with the model in eval mode; it must not change the parameters.
-            If it accepts a keyword argument ``stage``, it is called as ``val_closure(stage=k)``
-            in the k-th stage (from 0), so that it can rotate through held-out subsets instead
-            of overfitting one (see ``validation_closure(..., rotate=...)``).
+        val_closure: Required. A callable taking no argument that returns the loss on the tiny
+            validation set (the paper uses 32 examples) as a Python number or a 0-dim tensor;
+            one that needs arguments is refused here. Called under ``torch.no_grad()`` with
+            the model in eval mode; it must not change the parameters nor step the optimizer.
+            If it (or, for an ``nn.Module``, its ``forward``) accepts a keyword argument
+            ``stage``, it is called as ``val_closure(stage=k)`` in the k-th stage (from 0), so
+            that it can rotate through held-out subsets instead of overfitting one (see
+            ``validation_closure(..., rotate=...)``).
         interval: Optimizer steps between stages (default: 6, as in the paper).
         warmup: Optimizer steps before the schedule starts (default: 0). The first stage runs after
             step ``warmup + interval``.
@@ -454,10 +456,10 @@ class FastForward(Optimizer):
     def wrapper_state_dict(self) -> dict[str, Any]:
         """The wrapper's own state alone: the ``"fastforward"`` entry of :meth:`state_dict`.
 
-        For checkpoint tools that keep only ``state`` and ``param_groups`` of an optimizer, such
-        as ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` under FSDP2:
-        save this dict beside theirs and give it to :meth:`load_wrapper_state_dict` after
-        theirs is loaded. Plain dicts, lists and numbers, identical on every rank.
+        For checkpoint tools that keep only ``state`` and ``param_groups`` of an optimizer: save
+        this dict beside theirs and give it to :meth:`load_wrapper_state_dict` after theirs is
+        loaded (for ``torch.distributed.checkpoint``, ``fastforward.dcp.WrapperState`` does
+        both). Plain dicts, lists and numbers; the same on every rank but for the timings.
         """
         return self._wrapper_state()
 
