@@ -73,6 +73,12 @@ def _as_loss(value: object, name: str) -> float:
 
     ``name`` is the callable that returned it, for the message.
     """
+    checked = _checked_loss(value, name)
+    return float(checked.detach()) if isinstance(checked, Tensor) else checked
+
+
+def _checked_loss(value: object, name: str) -> float | Tensor:
+    """A loss as a ``float`` or a 0-dim real tensor, not read yet (no host synchronisation)."""
     if isinstance(value, Tensor):
         if value.dim() != 0:
             raise TypeError(
@@ -81,7 +87,7 @@ def _as_loss(value: object, name: str) -> float:
             )
         if _is_bool(value) or value.is_complex():
             raise TypeError(f"fastforward: {name} returned a {value.dtype} tensor, not a loss")
-        return float(value.detach())
+        return value
     if isinstance(value, numbers.Real) and not _is_bool(value):
         return float(value)
     raise TypeError(

@@ -31,12 +31,19 @@ def _collective_device(group: Any, tensor_device: torch.device) -> torch.device:
     return tensor_device
 
 
-def _mean_across_ranks(value: float, device: torch.device, group: Any) -> float:
-    """The mean of ``value`` over the ranks of ``group`` (NaN anywhere gives NaN everywhere)."""
+def _mean_across_ranks(value: float | Tensor, device: torch.device, group: Any) -> float:
+    """The mean of ``value`` over the ranks of ``group`` (NaN anywhere gives NaN everywhere).
+
+    ``value`` is a number or a 0-dim tensor; a tensor is reduced where it is and read once, so
+    an evaluation costs one host synchronisation, not one before and one after the reduction.
+    """
     world = _world(group)
     if world == 1:
-        return value
-    total = torch.tensor([value], dtype=torch.float64, device=device)
+        return float(value)
+    if isinstance(value, Tensor):
+        total = value.detach().to(device=device, dtype=torch.float64).reshape(1)
+    else:
+        total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     return float(total) / world
 

@@ -10,12 +10,17 @@ from torch import nn
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode; afterwards restore each submodule's own ``training`` flag."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
+    """Put ``model`` in eval mode; afterwards put back the submodules it switched.
+
+    One walk over the module tree finds the submodules in training mode; when there is none
+    (a validation closure called inside a stage, which already switched) nothing else is done.
+    Only the flags it changed are restored, so a submodule the caller left in eval stays so.
+    """
+    training = [module for module in model.modules() if module.training]
+    for module in training:
+        module.training = False
     try:
         yield
     finally:
-        model.train(modes[0][1])
-        for module, training in modes:
-            module.training = training
+        for module in training:
+            module.training = True

@@ -19,10 +19,10 @@ from torch.optim import Optimizer
 from fastforward import _keys
 from fastforward._checks import (
     MAX_TAU_LIMIT,
-    _as_loss,
     _check_int,
     _check_max_tau_ratio,
     _check_min_improvement,
+    _checked_loss,
     _is_bool,
 )
 from fastforward._distributed import (
@@ -147,6 +147,9 @@ class FastForward(Optimizer):
         on_stage: Called with the :class:`StageRecord` of every stage that ran (default: ``None``).
         foreach: Use the multi-tensor ``torch._foreach_*`` kernels; ``None`` means yes. ``False``
             loops over tensors, for tensor types without ``_foreach`` support (default: ``None``).
+        keep_buffers: Keep the two stage buffers allocated between stages (default: ``True``).
+            ``False`` frees them after each stage and allocates them again at the next one:
+            for full-rank training, where they are twice the trainable parameters.
         process_group: When ``torch.distributed`` is initialized, the validation loss is averaged
             and the size of Δ maximised over this group (``None``: the default group), so that
             every rank accepts the same τ and runs the same number of forward passes. All ranks
@@ -175,7 +178,10 @@ class FastForward(Optimizer):
     .. note::
         Memory: two extra copies of the trainable parameters (``W_n`` and ``Δ``), allocated at the
         first stage on each parameter's device and dtype and reused; freed when Fast Forward gives
-        up. With LoRA that is a few MB; for full-rank training it is ``2 * param_bytes``.
+        up or ``enabled`` is set to ``False``. With LoRA that is a few MB; for full-rank training
+        it is ``2 * param_bytes``, held through the optimizer steps between stages, whose own
+        temporaries come on top: pass ``keep_buffers=False`` to hold them only from the step
+        before a stage to its end, at the cost of two allocations per stage.
 
     .. warning::
         Fast Forward helps low-rank finetuning (LoRA, DoRA). On full-rank training the paper finds
@@ -199,6 +205,7 @@ class FastForward(Optimizer):
         enabled: bool = True,
         on_stage: StageCallback | None = None,
         foreach: bool | None = None,
+        keep_buffers: bool = True,
         process_group: Any = None,
     ) -> None:
         _check_kinds(optimizer, model, val_closure, on_stage)
@@ -247,6 +254,11 @@ class FastForward(Optimizer):
         self.enabled = enabled
         self.on_stage = on_stage
         self.foreach = True if foreach is None else foreach
+        if not _is_bool(keep_buffers) or isinstance(keep_buffers, Tensor):
+            raise TypeError(
+                f"fastforward: keep_buffers must be a bool, got {type(keep_buffers).__name__}"
+            )
+        self.keep_buffers = bool(keep_buffers)
         self.process_group = process_group
         self.stats = FastForwardStats()
         self._in_stage = False  # a stage is running: step() and the wrapped step must not
@@ -378,10 +390,14 @@ class FastForward(Optimizer):
         self.stats.optimizer_steps = step
         if stage_due:
             self._last_scheduled_step = step
-            if movable:
-                self._stage()
-            else:
-                self._skip_stage(step, "no parameter of the optimizer requires grad", logging.INFO)
+            try:
+                if movable:
+                    self._stage()
+                else:
+                    self._skip_stage(step, "no parameter requires grad", logging.INFO)
+            finally:
+                if not self.keep_buffers:
+                    self._free_buffers()
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -614,8 +630,8 @@ class FastForward(Optimizer):
             if self._closure_takes_stage
             else self.val_closure()
         )
-        loss = _as_loss(value, "val_closure")
-        loss = _mean_across_ranks(loss, self._collective_device(), self.process_group)
+        checked = _checked_loss(value, "val_closure")
+        loss = _mean_across_ranks(checked, self._collective_device(), self.process_group)
         self._report_progress(loss)
         return loss
 

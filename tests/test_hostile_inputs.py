@@ -282,6 +282,7 @@ def _live_tensors_shaped(shape):
 
 
 def _odd_shaped_run(**options):
+    torch.manual_seed(0)
     model = torch.nn.Linear(13, 7, bias=False)  # a (7, 13) weight: easy to count
     x = torch.randn(32, 13, generator=torch.Generator().manual_seed(0))
     loss = lambda: model(x).pow(2).mean()  # noqa: E731
@@ -507,3 +508,20 @@ def test_the_trainer_callback_checks_its_argument():
         optimizer = ff
 
     assert hf.FastForwardCallback(Prepared()).ff is ff
+
+
+def test_keep_buffers_false_frees_them_after_each_stage_and_changes_no_bit():
+    runs = {}
+    for keep in (True, False):
+        model, ff, loss = _odd_shaped_run(patience=None, keep_buffers=keep)
+        for _ in range(4):
+            loss().backward()
+            ff.step()
+            ff.zero_grad()
+        runs[keep] = (model.weight.detach().clone(), [r.tau for r in ff.stats.history])
+        held = _live_tensors_shaped((7, 13))
+        del ff
+        assert held - _live_tensors_shaped((7, 13)) == (2 if keep else 0)
+    assert runs[True][1] == runs[False][1]
+    assert len(runs[True][1]) == 3
+    assert bitwise_equal(runs[True][0], runs[False][0])
