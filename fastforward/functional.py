@@ -207,38 +207,42 @@ def _distinct(
     A tensor listed twice (``[w, w]``, or tied weights listed once per module) would be moved
     by ``2τΔ`` while the stage reports ``τ``: each tensor is moved exactly once.
     """
-    lists = {"params": params, "delta": delta, "anchor": anchor}
-    for name, tensors in lists.items():
-        if tensors is None and name == "anchor":
-            continue
-        if not isinstance(tensors, (list, tuple)) or not all(
-            isinstance(t, Tensor) for t in tensors
-        ):
-            raise TypeError(f"fastforward: {name} must be a list of tensors")
-    params_, delta_ = list(params), list(delta)  # type: ignore[call-overload]
+    params_ = _tensor_list("params", params)
+    delta_ = _tensor_list("delta", delta)
+    anchor_ = None if anchor is None else _tensor_list("anchor", anchor)
     if not params_:
         raise ValueError("fastforward: params is empty; pass the tensors the stage moves")
-    anchor_ = None if anchor is None else list(anchor)  # type: ignore[call-overload]
     for name, tensors in (("delta", delta_), ("anchor", anchor_)):
-        if tensors is None:
-            continue
-        if len(tensors) != len(params_):
-            raise ValueError(
-                f"fastforward: {name} has {len(tensors)} tensors for {len(params_)} params; "
-                "pass one per parameter, in the same order"
-            )
-        for i, (p, t) in enumerate(zip(params_, tensors, strict=True)):
-            if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
-                raise ValueError(
-                    f"fastforward: {name}[{i}] is {tuple(t.shape)} {t.dtype} on {t.device}, but "
-                    f"params[{i}] is {tuple(p.shape)} {p.dtype} on {p.device}"
-                )
-    keep = list({id(p): i for i, p in reversed(list(enumerate(params_)))}.values())
-    if len(keep) == len(params_):
+        if tensors is not None:
+            _check_parallel(name, tensors, params_)
+    first: dict[int, int] = {}  # id of a tensor -> index of its first entry
+    for i, p in enumerate(params_):
+        first.setdefault(id(p), i)
+    if len(first) == len(params_):
         return params_, delta_, anchor_
-    keep.sort()
+    keep = list(first.values())
     return (
         [params_[i] for i in keep],
         [delta_[i] for i in keep],
         None if anchor_ is None else [anchor_[i] for i in keep],
     )
+
+
+def _tensor_list(name: str, tensors: object) -> list[Tensor]:
+    if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, Tensor) for t in tensors):
+        raise TypeError(f"fastforward: {name} must be a list of tensors")
+    return list(tensors)
+
+
+def _check_parallel(name: str, tensors: list[Tensor], params: list[Tensor]) -> None:
+    if len(tensors) != len(params):
+        raise ValueError(
+            f"fastforward: {name} has {len(tensors)} tensors for {len(params)} params; "
+            "pass one per parameter, in the same order"
+        )
+    for i, (p, t) in enumerate(zip(params, tensors, strict=True)):
+        if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+            raise ValueError(
+                f"fastforward: {name}[{i}] is {tuple(t.shape)} {t.dtype} on {t.device}, but "
+                f"params[{i}] is {tuple(p.shape)} {p.dtype} on {p.device}"
+            )
