@@ -105,7 +105,8 @@ def plot(results: Sequence[Any], path: Path) -> None:
             ys = [point[1] for point in r.curve]
             style = "-" if r.run.seed == 0 else "--"
             label = f"{'Adam' if method == 'Adam' else 'FF ' + method} seed {r.run.seed}"
-            ax.plot(xs, ys, style, color=colors.get(method, "tab:gray"), label=label)
+            # A step: the loss a user has is the last one measured, until the next measurement.
+            ax.step(xs, ys, style, where="post", color=colors.get(method, "tab:gray"), label=label)
             stages = [(x, y) for x, y, p in zip(xs, ys, r.curve, strict=True) if p[2] == "stage"]
             if stages:
                 ax.scatter(*zip(*stages, strict=True), s=12, color="tab:red", zorder=3)

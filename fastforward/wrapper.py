@@ -508,8 +508,8 @@ class FastForward(Optimizer):
     def _refuse_during_stage(self, what: str) -> None:
         if self.__dict__.get("_in_stage"):
             raise RuntimeError(
-                f"fastforward: {what} was called during a Fast Forward stage (from val_closure "
-                "or on_stage?); a stage must finish before the optimizer changes"
+                f"fastforward: {what} was called during a Fast Forward stage (from val_closure?); "
+                "a stage must finish before the optimizer changes"
             )
 
     def _guard_base_steps(self) -> None:
