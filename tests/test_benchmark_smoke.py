@@ -49,3 +49,15 @@ def test_table_and_plot_are_written(smoke_runs, tmp_path):
     assert sum(line.startswith("| ") for line in text.splitlines()) == 3  # header + two rows
     report.plot([adam, ff], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_the_hot_path_benchmark_runs_on_the_cpu(tmp_path):
+    from benchmarks import bench_hot_path
+
+    out = tmp_path / "hot_path.json"
+    sizes = ["--hidden", "64", "--layers", "2", "--vocab", "128", "--context", "16"]
+    report = bench_hot_path.main(["--device", "cpu", *sizes, "--repeats", "4", "--out", str(out)])
+    assert out.exists()
+    assert report["lora_tensors"] == 2 * 14
+    assert report["moves_per_second"]["median"] > 0
+    assert 0 < report["stage_library_seconds"]["median"] < report["stage_seconds"]["median"]
