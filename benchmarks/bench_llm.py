@@ -208,6 +208,7 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             smollm.lm_loss(model, batch_).backward()
+            result.steps += 1  # spent before the step's stage, whose passes must fit after it
             optimizer.step()
         except BudgetSpent:
             result.cut_by_budget = True
@@ -215,7 +216,6 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
             result.wall_seconds += time.perf_counter() - wall
             result.cpu_seconds += time.process_time() - cpu
         optimizer.zero_grad()
-        result.steps += 1
         if isinstance(optimizer, FastForward):
             result.stages = optimizer.stats.stages
         staged = bool(result.curve) and run.is_ff and _stage_ended(optimizer, result)
