@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,4 +157,6 @@ def add_lora(
 
     torch.manual_seed(seed)
     config = LoraConfig(target_modules=["q_proj", "v_proj"], r=r, use_dora=use_dora)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft calls a transformers method it has deprecated
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        return get_peft_model(model, config)
