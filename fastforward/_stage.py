@@ -65,7 +65,7 @@ class Ray:
         self._best_loss = math.inf
         self._evaluations = 0
         self._landed = False
-        self.rejected: tuple[int, float] | None = None  # (τ, loss) the margin turned down
+        self._rejected: tuple[int, float] | None = None  # (τ, loss) the margin turned down
 
     @property
     def max_tau(self) -> int:
@@ -131,7 +131,7 @@ class Ray:
         """
         self._landed = True
         if self._best_tau != 0 and not self._clears_margin(self._best_loss):
-            self.rejected = (self._best_tau, self._best_loss)
+            self._rejected = (self._best_tau, self._best_loss)
             self._best_tau, self._best_loss = 0, self._losses[0]
         self._move_(self._best_tau)
 

@@ -193,7 +193,7 @@ def _run_stage(
         finally:
             ray._land_()
     loss_after = ray.best_loss if ray.best_loss < math.inf else ray.loss_at_anchor
-    rejected_tau, rejected_loss = ray.rejected or (None, None)
+    rejected_tau, rejected_loss = ray._rejected or (None, None)
     return StageResult(
         ray.best_tau, ray.loss_at_anchor, loss_after, ray.evaluations, rejected_tau, rejected_loss
     )
