@@ -157,7 +157,8 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
 
     model = build(run, base)
     params = [p for p in model.parameters() if p.requires_grad]
-    result = Result(run, config=config_of(run, preset), trainable_params=sum(map(len_, params)))
+    trainable = sum(p.numel() for p in params)
+    result = Result(run, config=config_of(run, preset), trainable_params=trainable)
     order = torch.Generator().manual_seed(run.seed)
     train_set, batch = data["train"], preset["batch"]
     batches = [
@@ -218,7 +219,7 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
         optimizer.zero_grad()
         if isinstance(optimizer, FastForward):
             result.stages = optimizer.stats.stages
-        staged = bool(result.curve) and run.is_ff and _stage_ended(optimizer, result)
+        staged = run.is_ff and _stage_ended(optimizer, result)
         if result.cut_by_budget:
             break
         if staged or result.steps % preset["test_every"] == 0:
@@ -241,10 +242,6 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
 def _stage_ended(optimizer: Any, result: Result) -> bool:
     history = optimizer.stats.history
     return bool(history) and history[-1].step == result.steps
-
-
-def len_(tensor: Any) -> int:
-    return int(tensor.numel())
 
 
 def unit_costs(run: Run, base: Any, batch: Any, val: Any) -> tuple[int, int, int]:
