@@ -19,8 +19,10 @@ import gzip
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -220,15 +222,31 @@ def lm_loss(model: torch.nn.Module, batch: Tensor) -> Tensor:
     )
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, examples: Tensor, batch_size: int = 250) -> float:
     """Loss over all non-PAD targets of (N, T) ``examples``, in nats/byte (token-weighted)."""
+    return token_weighted_loss(
+        model, examples.split(batch_size), lm_loss, lambda batch: int((batch[:, 1:] != PAD).sum())
+    )
+
+
+@torch.no_grad()
+def token_weighted_loss(
+    model: torch.nn.Module,
+    batches: Iterable[Any],
+    loss_fn: Callable[[torch.nn.Module, Any], Tensor],
+    targets: Callable[[Any], int],
+) -> float:
+    """The mean of ``loss_fn`` over ``batches``, each weighted by its ``targets(batch)`` count.
+
+    Runs in eval mode and restores the model's mode: the exact per-token mean over all batches
+    when ``loss_fn`` is a per-token mean itself.
+    """
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in examples.split(batch_size):
-        n = int((batch[:, 1:] != PAD).sum())
-        total += float(lm_loss(model, batch)) * n
+    for batch in batches:
+        n = targets(batch)
+        total += float(loss_fn(model, batch)) * n
         count += n
     model.train(was_training)
     return total / count

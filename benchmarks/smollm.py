@@ -131,18 +131,16 @@ def lm_loss(model: torch.nn.Module, batch: Examples) -> Tensor:
     return model(input_ids=batch.input_ids, labels=batch.labels).loss
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, examples: Examples, batch_size: int = 32) -> float:
     """Token-weighted loss over all labelled targets of ``examples``, in nats/token."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for batch in examples.split(batch_size):
-        n = int((batch.labels[:, 1:] != IGNORE).sum())
-        total += float(lm_loss(model, batch)) * n
-        count += n
-    model.train(was_training)
-    return total / count
+    from benchmarks.lm import token_weighted_loss
+
+    return token_weighted_loss(
+        model,
+        examples.split(batch_size),
+        lm_loss,
+        lambda batch: int((batch.labels[:, 1:] != IGNORE).sum()),
+    )
 
 
 def add_lora(

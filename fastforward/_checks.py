@@ -28,6 +28,13 @@ def _is_bool(value: object) -> bool:
     return isinstance(value, Tensor) and value.dtype == torch.bool
 
 
+def _check_bool(name: str, value: object) -> bool:
+    """``value`` as a ``bool``; ``bool`` and ``numpy.bool_`` are accepted, nothing else."""
+    if not _is_bool(value) or isinstance(value, Tensor):
+        raise TypeError(f"fastforward: {name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an ``int`` in ``[low, high]``; any integral type but ``bool`` is accepted."""
     if _is_bool(value) or not isinstance(value, numbers.Integral):

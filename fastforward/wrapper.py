@@ -19,11 +19,11 @@ from torch.optim import Optimizer
 from fastforward import _keys
 from fastforward._checks import (
     MAX_TAU_LIMIT,
+    _check_bool,
     _check_int,
     _check_max_tau_ratio,
     _check_min_improvement,
     _checked_loss,
-    _is_bool,
 )
 from fastforward._distributed import (
     _collective_device,
@@ -254,11 +254,7 @@ class FastForward(Optimizer):
         self.enabled = enabled
         self.on_stage = on_stage
         self.foreach = True if foreach is None else foreach
-        if not _is_bool(keep_buffers) or isinstance(keep_buffers, Tensor):
-            raise TypeError(
-                f"fastforward: keep_buffers must be a bool, got {type(keep_buffers).__name__}"
-            )
-        self.keep_buffers = bool(keep_buffers)
+        self.keep_buffers = _check_bool("keep_buffers", keep_buffers)
         self.process_group = process_group
         self.stats = FastForwardStats()
         self._in_stage = False  # a stage is running: step() and the wrapped step must not
@@ -328,10 +324,8 @@ class FastForward(Optimizer):
 
     @enabled.setter
     def enabled(self, value: bool) -> None:
-        if not _is_bool(value) or isinstance(value, Tensor):
-            raise TypeError(f"fastforward: enabled must be a bool, got {type(value).__name__}")
-        self._enabled = bool(value)
-        if not value:
+        self._enabled = _check_bool("enabled", value)
+        if not self._enabled:
             self._free_buffers()
 
     @property

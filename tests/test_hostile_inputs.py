@@ -347,11 +347,14 @@ def test_a_malformed_wrapper_entry_is_refused_naming_the_field_and_changes_nothi
 
 @pytest.mark.parametrize("entry", [5, None, ["stats"]])
 def test_a_wrapper_entry_that_is_not_a_dict_is_a_value_error(entry):
-    _, ff, _ = _quadratic_run(lambda m: torch.optim.Adam([m.x], lr=0.02))
+    model, ff, _ = _quadratic_run(lambda m: torch.optim.Adam([m.x], lr=0.02))
+    train(model, ff, 2)
     saved = ff.state_dict()
     saved["fastforward"] = entry
-    if entry is None:
-        ff.load_state_dict(saved)  # None means "no entry": a bare optimizer's dict
+    if entry is None:  # None means "no entry": a bare optimizer's dict; the counters stay
+        steps = ff.stats.optimizer_steps
+        ff.load_state_dict(saved)
+        assert ff.stats.optimizer_steps == steps == 2
         return
     with pytest.raises(ValueError, match="entry of the state_dict must be a dict"):
         ff.load_state_dict(saved)
