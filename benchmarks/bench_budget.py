@@ -102,6 +102,7 @@ class Outcome:
     stage_seconds: float = 0.0
     stages: int = 0
     taus: list[int] = field(default_factory=list)
+    stage_evaluations: list[int] = field(default_factory=list)  # validation passes per stage
     evaluations: int = 0
     gave_up_at_step: int | None = None
     intervals: list[int] = field(default_factory=list)  # steps between consecutive stages
@@ -173,6 +174,7 @@ def train(
         stats = optimizer.stats
         outcome.stages, outcome.evaluations = stats.stages, stats.evaluations
         outcome.taus = [record.tau for record in stats.history]
+        outcome.stage_evaluations = [record.evaluations for record in stats.history]
         outcome.stage_seconds = stats.stage_seconds
         outcome.gave_up_at_step = stats.gave_up_at_step
         steps = [0] + [record.step for record in stats.history]

@@ -101,6 +101,7 @@ class Result:
     stages: int = 0
     taus: list[int] = field(default_factory=list)
     stage_losses: list[tuple[float, float]] = field(default_factory=list)  # (before, after)
+    stage_evaluations: list[int] = field(default_factory=list)  # validation passes per stage
     evaluations: int = 0
     trainable_params: int = 0
     curve: list[tuple[int, float, str]] = field(default_factory=list)  # (flops, loss, kind)
@@ -229,9 +230,11 @@ def train(spec: Spec, base: torch.nn.Module, splits: lm.Splits, args, target: fl
     if isinstance(optimizer, FastForward):
         result.taus = [r.tau for r in optimizer.stats.history]
         result.stage_losses = [(r.loss_before, r.loss_after) for r in optimizer.stats.history]
+        result.stage_evaluations = [r.evaluations for r in optimizer.stats.history]
         result.evaluations = optimizer.stats.evaluations
     elif isinstance(optimizer, PaperFastForward):
         result.taus, result.evaluations = optimizer.taus, optimizer.evaluations
+        result.stage_evaluations = optimizer.stage_evaluations
     result.stages = len(result.taus)
     return result
 

@@ -35,6 +35,7 @@ class PaperFastForward:
         self.interval, self.max_tau = interval, max_tau
         self.steps = 0
         self.taus: list[int] = []
+        self.stage_evaluations: list[int] = []
         self.evaluations = 0
 
     def zero_grad(self) -> None:
@@ -53,6 +54,7 @@ class PaperFastForward:
     def _stage(self, delta: list[Tensor]) -> None:
         best = float("inf")
         tau = 0
+        evaluations_before = self.evaluations
         while tau < self.max_tau:
             torch._foreach_add_(self.params, delta)
             tau += 1
@@ -62,3 +64,4 @@ class PaperFastForward:
                 break
             best = loss
         self.taus.append(tau)
+        self.stage_evaluations.append(self.evaluations - evaluations_before)

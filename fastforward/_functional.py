@@ -23,36 +23,47 @@ def _copy_(dst: list[Tensor], src: list[Tensor], *, foreach: bool) -> None:
             d.copy_(s)
 
 
-def _delta_from_snapshot_(snapshot: list[Tensor], params: list[Tensor], *, foreach: bool) -> None:
-    """Turn a snapshot of ``W_{n-1}`` into ``Δ = W_n - W_{n-1}`` in place (Eq. 2).
+def _reversed_delta_from_snapshot_(
+    snapshot: list[Tensor], params: list[Tensor], *, foreach: bool
+) -> None:
+    """Turn a snapshot of ``W_{n-1}`` into ``-Δ = W_{n-1} - W_n`` in place (Eq. 2), in one pass.
 
-    ``-(a - b)`` is exactly ``b - a`` in IEEE arithmetic, so no extra rounding is introduced.
+    A point is then ``W_n + (-τ)(-Δ)``, which IEEE arithmetic rounds exactly as ``W_n + τΔ``
+    (negation is exact, and rounding is symmetric about zero).
     """
     if foreach:
         torch._foreach_sub_(snapshot, params)
-        torch._foreach_neg_(snapshot)
     else:
         for s, p in zip(snapshot, params, strict=True):
-            s.sub_(p).neg_()
+            s.sub_(p)
 
 
 def _set_point_(
-    params: list[Tensor], anchor: list[Tensor], delta: list[Tensor], tau: int, *, foreach: bool
+    params: list[Tensor],
+    anchor: list[Tensor],
+    delta: list[Tensor],
+    tau: int,
+    *,
+    foreach: bool,
+    reversed_delta: bool = False,
 ) -> None:
     """``params <- anchor + tau * delta``, computed from the anchor, never incrementally.
 
-    Moving to the same ``tau`` twice therefore writes the same bits, which is what makes rollback
-    exact, and rounding does not accumulate over long stages in low precision. ``tau == 0``
-    restores the anchor itself (``x + 0 * d`` is not always ``x``: ``-0.0``, ``inf * 0``).
+    With ``reversed_delta``, ``delta`` holds ``-Δ`` and the move is ``anchor + (-tau) * delta``:
+    the same bits. Moving to the same ``tau`` twice writes the same bits, which is what makes
+    rollback exact, and rounding does not accumulate over long stages in low precision.
+    ``tau == 0`` restores the anchor itself (``x + 0 * d`` is not always ``x``: ``-0.0``,
+    ``inf * 0``).
     """
     _copy_(params, anchor, foreach=foreach)
     if tau == 0:
         return
+    alpha = -tau if reversed_delta else tau
     if foreach:
-        torch._foreach_add_(params, delta, alpha=tau)
+        torch._foreach_add_(params, delta, alpha=alpha)
     else:
         for p, d in zip(params, delta, strict=True):
-            p.add_(d, alpha=tau)
+            p.add_(d, alpha=alpha)
 
 
 def _max_abs(tensors: list[Tensor]) -> float:

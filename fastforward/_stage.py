@@ -42,6 +42,8 @@ class Ray:
         min_improvement: Relative margin by which the best point must beat ``L_0`` for the
             stage to leave ``W_n``, e.g. 1e-3 for 0.1%. It judges the stage as a whole:
             single simulated steps at a small learning rate gain far less than any useful margin.
+        reversed_delta: ``delta`` holds ``-Δ = W_{n-1} - W_n`` (the wrapper's buffers): the
+            points are the same, bit for bit.
     """
 
     def __init__(
@@ -54,8 +56,10 @@ class Ray:
         max_tau: int,
         foreach: bool,
         min_improvement: float = 0.0,
+        reversed_delta: bool = False,
     ) -> None:
         self._params, self._anchor, self._delta = params, anchor, delta
+        self._reversed_delta = reversed_delta
         self._loss, self._foreach = loss, foreach
         self._min_improvement = min_improvement
         self._position: int | None = 0  # None while a move is in flight: position unknown.
@@ -162,7 +166,14 @@ class Ray:
         if self._position == tau:
             return
         self._position = None
-        _set_point_(self._params, self._anchor, self._delta, tau, foreach=self._foreach)
+        _set_point_(
+            self._params,
+            self._anchor,
+            self._delta,
+            tau,
+            foreach=self._foreach,
+            reversed_delta=self._reversed_delta,
+        )
         self._position = tau
 
 
@@ -176,55 +187,31 @@ def linear_search(ray: Ray, max_tau: int, start: int = 1) -> None:
             return
 
 
-def _bracket_search(ray: Ray, max_tau: int, start: int = 1, *, interpolate: bool = False) -> None:
+def _bracket_search(ray: Ray, max_tau: int, start: int = 1) -> None:
     """Find the integer minimiser of a unimodal loss along Δ in ``O(log τ*)`` evaluations.
 
     From ``start``: double τ while the loss improves (or halve it while it does not beat
     ``L_0``), which brackets the minimiser as ``a < m < b`` with ``L_m`` below ``L_a`` and not
-    above ``L_b``; then shrink the bracket until ``b - a <= 2``, probing the middle of its larger
-    half or, with ``interpolate``, the vertex of the parabola through the three points (falling
-    back to the middle whenever a probe did not halve the bracket). The paper finds the loss
-    along Δ convex (App. B), where this returns the same τ as linear search; on other shapes it
-    returns a local minimum, never above ``L_0``. From ``start = 1`` it costs at most
-    ``3 ceil(log2(τ* + 1)) + 5`` evaluations, ``L_0`` included (``tests/test_search.py``).
+    above ``L_b``; then bisect the larger half of the bracket until ``b - a <= 2``. The paper
+    finds the loss along Δ convex (App. B), where this returns the same τ as linear search; on
+    other shapes it returns a local minimum, never above ``L_0``. From ``start = 1`` it costs at
+    most ``3 ceil(log2(τ* + 1)) + 5`` evaluations, ``L_0`` included (``tests/test_search.py``).
     Expects ``ray.evaluate(0)`` to have been called.
     """
     a, m, b = _bracket(ray, max_tau, max(1, min(start, max_tau)))
-    bisect = not interpolate
     while b - a > 2:
-        width = b - a
-        probe = _middle(a, m, b) if bisect or b > max_tau else _vertex(ray, a, m, b)
+        probe = _middle(a, m, b)
         if ray.improves(probe):
             a, m, b = (a, probe, m) if probe < m else (m, probe, b)
         elif probe < m:
             a = probe
         else:
             b = probe
-        bisect = not interpolate or 2 * (b - a) > width
 
 
 def _middle(a: int, m: int, b: int) -> int:
     """The middle of the larger of ``(a, m)`` and ``(m, b)``: strictly inside it."""
     return (a + m) // 2 if m - a > b - m else (m + b + 1) // 2
-
-
-def _vertex(ray: Ray, a: int, m: int, b: int) -> int:
-    """The integer nearest the vertex of the parabola through a, m, b, strictly inside (a, b)."""
-    fa, fm, fb = ray.losses[a], ray.losses[m], ray.losses[b]
-    numerator = (m - a) ** 2 * (fm - fb) - (m - b) ** 2 * (fm - fa)
-    denominator = (m - a) * (fm - fb) - (m - b) * (fm - fa)
-    vertex = m - 0.5 * numerator / denominator if denominator != 0 else float(m)
-    if not math.isfinite(vertex):
-        return _middle(a, m, b)
-    probe = min(max(round(vertex), a + 1), b - 1)
-    if probe != m:
-        return probe
-    # The vertex rounds to m: test the neighbour on its side (m is the minimiser iff both lose).
-    toward = m + 1 if vertex > m else m - 1
-    if a < toward < b and toward not in ray.losses:
-        return toward
-    other = 2 * m - toward
-    return other if a < other < b and other not in ray.losses else _middle(a, m, b)
 
 
 def _bracket(ray: Ray, max_tau: int, start: int) -> tuple[int, int, int]:
@@ -257,12 +244,126 @@ def doubling_search(ray: Ray, max_tau: int, start: int = 1) -> None:
 
 
 def parabolic_search(ray: Ray, max_tau: int, start: int = 1) -> None:
-    """As :func:`doubling_search`, but probing the vertex of the parabola through the bracket.
+    """The paper's first steps τ = 1, 2, 3, then the vertices of parabolas through the losses.
 
-    Falls back to bisection whenever a probe did not halve the bracket, so it keeps the bound of
-    :func:`doubling_search` and needs fewer evaluations on smooth losses. ``start`` is ignored.
+    Past τ = 3 it jumps to the vertex of the parabola through the last three points while the
+    loss improves, then closes in on the minimiser with parabolas through the lowest points
+    until both integer neighbours of the best point are evaluated. On a loss that is quadratic
+    on each side of its minimiser, with any two curvatures (the loss along Δ is convex, paper
+    App. B), it finds the same τ as :func:`linear_search` in at most
+    ``min(τ* + 2, 2 log2(τ* + 1) + 3)`` evaluations, ``L_0`` included (``τ* + 1`` when capped
+    at ``max_tau``): never more than the paper's search, and logarithmic in τ*
+    (``tests/test_search.py``). On other losses it returns a local minimum, never above
+    ``L_0``; safeguards (steps that grow geometrically while the loss improves, a bracket that
+    halves every two probes) keep it logarithmic in ``max_tau``. ``start`` is ignored.
     """
-    _bracket_search(ray, max_tau, 1, interpolate=True)
+    for tau in range(1, min(3, max_tau) + 1):
+        if not ray.improves(tau):
+            return
+    if max_tau > 3:
+        _extrapolate(ray, max_tau)
+        _close_in(ray, max_tau)
+
+
+def _extrapolate(ray: Ray, max_tau: int) -> None:
+    """Move right while the loss improves and no point right of the best has been evaluated.
+
+    Each probe is the vertex of the parabola through the last three points when it opens
+    upwards (doubling τ otherwise), or the next τ when that vertex is not right of the best
+    point. Each step is at least twice the longest that improved before it, except a next-τ
+    step after a step that did not improve on the parabola's word, so the loop takes
+    ``O(log max_tau)`` probes.
+    """
+    least_step, misled = 1, 0
+    while ray.best_tau < max_tau and max(ray.losses) == ray.best_tau:
+        best = ray.best_tau
+        before, last = sorted(ray.losses)[-3:-1]
+        vertex = _vertex(ray, before, last, best)
+        if vertex is None:
+            probe = 2 * best
+        elif round(vertex) <= best and misled < 2:
+            probe = best + 1
+        else:
+            probe = max(round(vertex), best + least_step)
+        probe = min(probe, max_tau)
+        improved = ray.improves(probe)
+        rounded_up = vertex is not None and probe == round(vertex) > vertex
+        if rounded_up and probe - 1 not in ray.losses and (not improved or _settles(ray, probe)):
+            ray.evaluate(probe - 1)  # the vertex was rounded up: the minimiser may be below it
+        if not improved:
+            return
+        misled = misled + 1 if vertex is not None and round(vertex) <= best else 0
+        least_step = max(least_step, 2 * (probe - best))
+
+
+def _settles(ray: Ray, best: int) -> bool:
+    """Whether the parabola through ``best`` and the two points before it bottoms out there.
+
+    Its vertex at or below ``best`` means the best point is about the minimiser, not short of it.
+    """
+    before, last = sorted(ray.losses)[-3:-1]
+    vertex = _vertex(ray, before, last, best)
+    return vertex is not None and round(vertex) <= best
+
+
+def _close_in(ray: Ray, max_tau: int) -> None:
+    """Shrink the bracket around the best point until both its neighbours are evaluated.
+
+    Probes a parabola's vertex; bisects the larger half instead when the bracket is not half
+    as wide as two probes before, unless the probe is a neighbour of the best point and the
+    last probe was not a neighbour that improved (crawling one τ at a time).
+    """
+    widths: list[int] = []
+    crawled = False
+    while True:
+        best = ray.best_tau
+        below = max(tau for tau in ray.losses if tau < best)
+        above = min((tau for tau in ray.losses if tau > best), default=max_tau + 1)
+        if above - below <= 2:
+            return
+        if above > max_tau:  # improved at max_tau: only the points below it are left
+            probe = best - 1 if best - 1 not in ray.losses else _middle(below, best, above)
+        else:
+            probe = _vertex_probe(ray, below, best, above)
+            neighbour = abs(probe - best) == 1 and not crawled
+            if len(widths) >= 2 and 2 * (above - below) > widths[-2] and not neighbour:
+                probe = _middle(below, best, above)  # the bracket must halve every two probes
+        widths.append(above - below)
+        crawled = ray.improves(probe) and abs(probe - best) == 1
+
+
+def _vertex_probe(ray: Ray, a: int, m: int, b: int) -> int:
+    """The integer nearest a parabola's vertex, strictly inside the bracket ``(a, b)`` of ``m``.
+
+    The parabola through the three lowest finite losses (Brent's choice: the points nearest
+    the minimiser) when its vertex lies in the bracket, else the one through a, m, b. If the
+    integer is ``m``, its neighbour on the vertex's side (m is the minimiser iff both lose).
+    """
+    finite = [tau for tau, loss in ray.losses.items() if math.isfinite(loss)]
+    lowest = sorted(sorted(finite, key=lambda tau: (ray.losses[tau], tau))[:3])
+    vertex = _vertex(ray, *lowest) if len(lowest) == 3 else None
+    if vertex is None or not a < vertex < b:
+        vertex = _vertex(ray, a, m, b)
+    if vertex is None:
+        return _middle(a, m, b)
+    probe = min(max(round(vertex), a + 1), b - 1)
+    if probe != m:
+        return probe
+    toward = m + 1 if vertex > m else m - 1
+    other = 2 * m - toward
+    return toward if a < toward < b else other if a < other < b else _middle(a, m, b)
+
+
+def _vertex(ray: Ray, a: int, m: int, b: int) -> float | None:
+    """The vertex of the parabola through the losses at a < m < b; None unless it opens upwards."""
+    fa, fm, fb = ray.losses[a], ray.losses[m], ray.losses[b]
+    if not (math.isfinite(fa) and math.isfinite(fm) and math.isfinite(fb)):
+        return None
+    slope_left, slope_right = (fm - fa) / (m - a), (fb - fm) / (b - m)
+    if not slope_right > slope_left:
+        return None
+    vertex = (a + m) / 2 - slope_left * (b - a) / (2 * (slope_right - slope_left))
+    return vertex if math.isfinite(vertex) else None
 
 
 def warm_start_search(ray: Ray, max_tau: int, start: int = 1) -> None:

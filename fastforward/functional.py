@@ -172,8 +172,12 @@ def _run_stage(
     start: int,
     anchor: list[Tensor] | None,
     foreach: bool,
+    reversed_delta: bool = False,
 ) -> StageResult:
-    """:func:`fast_forward_stage` on arguments already checked (the wrapper's hot path)."""
+    """:func:`fast_forward_stage` on arguments already checked (the wrapper's hot path).
+
+    With ``reversed_delta``, ``delta`` holds ``-Δ`` (see :class:`Ray`).
+    """
     with torch.no_grad():
         if anchor is None:
             anchor = [torch.empty_like(p) for p in params]
@@ -186,6 +190,7 @@ def _run_stage(
             max_tau=max_tau,
             foreach=foreach,
             min_improvement=min_improvement,
+            reversed_delta=reversed_delta,
         )
         try:
             if math.isfinite(ray.evaluate(0)):

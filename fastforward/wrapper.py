@@ -32,7 +32,7 @@ from fastforward._distributed import (
     _mean_across_ranks,
     _world,
 )
-from fastforward._functional import _copy_, _delta_from_snapshot_, _max_abs
+from fastforward._functional import _copy_, _max_abs, _reversed_delta_from_snapshot_
 from fastforward._modes import _eval_mode
 from fastforward._stage import (
     DEFAULT_MIN_IMPROVEMENT,
@@ -117,16 +117,17 @@ class FastForward(Optimizer):
         patience: Stages in a row that accepted ``τ = 0`` before Fast Forward gives up for
             good; ``None`` never gives up (default: 3, as in the paper).
         search: How a stage looks for the best τ (default: ``"parabolic"``, the cheapest on the
-            benchmark in ``docs/results.md``: 23 validation passes where linear search needed 532,
-            and the same τ in every stage measured):
+            benchmarks in ``docs/results.md``, with the same τ as linear search in every stage
+            measured):
 
             - ``"linear"``: the paper's τ = 1, 2, 3, ...; ``τ* + 2`` evaluations.
             - ``"doubling"``: τ = 1, 2, 4, ... until the loss stops improving, then bisection
               inside the last bracket; at most ``3 ceil(log2(τ* + 1)) + 5`` evaluations, and
               the same τ as linear search when the loss along Δ is convex (paper App. B).
-            - ``"parabolic"``: as ``"doubling"``, but each probe inside the bracket is the vertex
-              of the parabola through its three points (bisection when that stalls); fewer
-              evaluations than ``"doubling"`` on smooth losses, with the same bound.
+            - ``"parabolic"``: τ = 1, 2, 3, then vertices of parabolas through the losses; on a
+              loss quadratic on each side of its minimiser, the same τ as linear search in at
+              most ``min(τ* + 2, 2 log2(τ* + 1) + 3)`` evaluations: never more than the
+              paper's search.
             - ``"warm_start"``: as ``"doubling"``, but starting from the previous stage's τ*,
               which changes slowly over training (paper Fig. 11).
             - a :class:`~fastforward.functional.SearchStrategy` of your own, called as
@@ -269,7 +270,8 @@ class FastForward(Optimizer):
         self._stage_owners: list[Tensor] = []  # the parameters a stage moves
         self._stage_params: list[Tensor] = []  # what it writes: their local shards
         self._anchor: list[Tensor] = []  # W_n in a stage
-        self._delta: list[Tensor] = []  # W_{n-1} between snapshot and step, then Δ
+        self._delta: list[Tensor] = []  # W_{n-1} between snapshot and step, then -Δ
+        self._buffer_layout: list[tuple[torch.Size, torch.dtype, torch.device]] = []
         self._guard_base_steps()
         _run_stages_eagerly()
 
@@ -526,6 +528,7 @@ class FastForward(Optimizer):
 
     def _free_buffers(self) -> None:
         self._stage_owners, self._stage_params, self._anchor, self._delta = [], [], [], []
+        self._buffer_layout = []
 
     def _stage_due(self, step: int) -> bool:
         if not self.active or step <= self.warmup:
@@ -549,9 +552,11 @@ class FastForward(Optimizer):
         if not owners:
             return False
         params = [_local_shard(p) for p in owners]
-        if not _buffers_fit(owners, self._stage_owners, params, self._delta):
+        # model.to(...) changes a parameter's device or dtype in place: identity is not enough.
+        layout = [(p.shape, p.dtype, p.device) for p in params]
+        if layout != self._buffer_layout or not _same_tensors(owners, self._stage_owners):
             _check_owned_by(owners, self.model)
-            self._stage_owners = owners
+            self._stage_owners, self._buffer_layout = owners, layout
             self._anchor = [torch.empty_like(p) for p in params]
             self._delta = [torch.empty_like(p) for p in params]
         self._stage_params = params
@@ -581,6 +586,7 @@ class FastForward(Optimizer):
                     start=min(max(1, self._last_tau), max_tau),
                     anchor=self._anchor,
                     foreach=self.foreach,
+                    reversed_delta=True,
                 )
         finally:
             self._in_stage = False
@@ -605,7 +611,7 @@ class FastForward(Optimizer):
 
     def _direction_usable(self, step: int) -> bool:
         """Turn the snapshot into Δ; whether it is worth a stage (not all zero, finite)."""
-        _delta_from_snapshot_(self._delta, self._stage_params, foreach=self.foreach)
+        _reversed_delta_from_snapshot_(self._delta, self._stage_params, foreach=self.foreach)
         size = _max_abs(self._delta)
         size = _max_across_ranks(size, self._collective_device(), self.process_group)
         if size == 0.0:
@@ -1029,14 +1035,6 @@ def _saved_int(state: dict[str, Any], key: str, low: int, default: int | None = 
     return _check_int(key, value, low)
 
 
-def _buffers_fit(
-    owners: list[Tensor], previous_owners: list[Tensor], params: list[Tensor], buffers: list[Tensor]
-) -> bool:
-    """Whether ``buffers``, made for ``previous_owners``, can serve ``owners`` (shards ``params``).
-
-    ``model.to(...)`` changes a parameter's device or dtype in place, so identity is not enough.
-    """
-    return len(owners) == len(previous_owners) and all(
-        owner is previous and p.shape == b.shape and p.dtype == b.dtype and p.device == b.device
-        for owner, previous, p, b in zip(owners, previous_owners, params, buffers, strict=True)
-    )
+def _same_tensors(tensors: list[Tensor], others: list[Tensor]) -> bool:
+    """Whether the two lists hold the same tensor objects, in the same order."""
+    return len(tensors) == len(others) and all(t is o for t, o in zip(tensors, others, strict=True))

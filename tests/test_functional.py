@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from reference import bitwise_equal
 
-from fastforward._functional import _delta_from_snapshot_, _max_abs, _set_point_
+from fastforward._functional import _max_abs, _reversed_delta_from_snapshot_, _set_point_
 
 # w + τd rounds at most twice (τd, then the sum) when the kernel does not fuse it.
 ROUNDINGS = 2
@@ -65,11 +65,38 @@ def test_set_point_zero_is_the_anchor_bit_for_bit():
     before=hnp.arrays("float32", 5, elements=st.floats(-1e3, 1e3, width=32)),
     after=hnp.arrays("float32", 5, elements=st.floats(-1e3, 1e3, width=32)),
 )
-def test_delta_is_after_minus_before_exactly(foreach, before, after):
+def test_reversed_delta_is_before_minus_after_exactly(foreach, before, after):
     snapshot = [torch.from_numpy(before.copy())]
     params = [torch.from_numpy(after.copy())]
-    _delta_from_snapshot_(snapshot, params, foreach=foreach)
-    assert torch.equal(snapshot[0], params[0] - torch.from_numpy(before))
+    _reversed_delta_from_snapshot_(snapshot, params, foreach=foreach)
+    assert torch.equal(snapshot[0], torch.from_numpy(before) - params[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "loop"])
+@given(
+    before=hnp.arrays("float64", 6, elements=st.floats(-1e4, 1e4)),
+    after=hnp.arrays("float64", 6, elements=st.floats(-1e4, 1e4)),
+    tau=st.integers(0, 1000),
+)
+def test_a_point_on_the_reversed_delta_has_the_bits_of_one_on_delta(
+    dtype, foreach, before, after, tau
+):
+    """W_n + (-τ)(W_{n-1} - W_n) is bitwise W_n + τΔ with Δ = -(W_{n-1} - W_n): one pass is free.
+
+    (Δ as ``W_n - W_{n-1}`` would differ in the sign of zero where the update is zero: x - x is
+    +0, so -0 + τ(+0) would turn -0 into +0. Both forms here leave such a parameter bitwise.)
+    """
+    w_previous = torch.from_numpy(before).to(dtype)
+    w_n = torch.from_numpy(after).to(dtype)
+    reversed_delta = [w_previous.clone()]
+    _reversed_delta_from_snapshot_(reversed_delta, [w_n], foreach=foreach)
+    by_reversed, by_delta = [torch.empty_like(w_n)], [torch.empty_like(w_n)]
+    _set_point_(by_reversed, [w_n], reversed_delta, tau, foreach=foreach, reversed_delta=True)
+    _set_point_(by_delta, [w_n], [(w_previous - w_n).neg()], tau, foreach=foreach)
+    assert bitwise_equal(by_reversed[0], by_delta[0])
+    unchanged = w_previous == w_n
+    assert bitwise_equal(by_reversed[0][unchanged], w_n[unchanged])
 
 
 @pytest.mark.parametrize(

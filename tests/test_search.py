@@ -16,28 +16,25 @@ from fastforward._stage import SEARCHES, Ray
 TIE_MARGIN = 1e-6
 
 
-def evaluation_bound(search: str, tau: int, max_tau: int) -> int:
+def evaluation_bound(search: str, tau: int, max_tau: int) -> float:
     """The documented worst case, ``L_0`` included."""
+    linear = tau + 2 if tau < max_tau else max_tau + 1
     if search == "linear":
-        return tau + 2 if tau < max_tau else max_tau + 1
+        return linear
+    if search == "parabolic":
+        return min(linear, 2 * math.log2(tau + 1) + 3)
     return 3 * math.ceil(math.log2(tau + 1)) + 5
 
 
-def _parabola_ray(
-    center: float, curvature: float, offset: float, min_improvement: float = 0.0, max_tau=1000
-):
-    """A one-element "parameter" x = τ (Δ = 1) scored by ``offset + curvature (x - center)²``."""
+def _scalar_ray(phi, max_tau: int, min_improvement: float = 0.0):
+    """A one-element "parameter" x = τ (Δ = 1) scored by ``phi(x)``."""
     params = [torch.zeros(1, dtype=torch.float64)]
     anchor, delta = [torch.zeros(1, dtype=torch.float64)], [torch.ones(1, dtype=torch.float64)]
-
-    def loss():
-        return offset + curvature * (params[0].item() - center) ** 2
-
     ray = Ray(
         params,
         anchor,
         delta,
-        loss,
+        lambda: phi(params[0].item()),
         max_tau=max_tau,
         foreach=True,
         min_improvement=min_improvement,
@@ -45,8 +42,15 @@ def _parabola_ray(
     return ray, params
 
 
+def _parabola_ray(
+    center: float, curvature: float, offset: float, min_improvement: float = 0.0, max_tau=1000
+):
+    """A ray scored by ``offset + curvature (x - center)²``."""
+    return _scalar_ray(lambda x: offset + curvature * (x - center) ** 2, max_tau, min_improvement)
+
+
 parabolas = {
-    "center": st.floats(-5.0, 600.0),
+    "center": st.floats(-5.0, 1000.5),
     "curvature": st.floats(1e-3, 1e3),
     "offset": st.floats(-10.0, 10.0),
     "max_tau": st.integers(1, 1000),
@@ -71,6 +75,60 @@ def test_search_finds_the_integer_minimiser_within_its_bound(
     assert params[0].item() == float(expected)
     if search != "warm_start":
         assert ray.evaluations <= evaluation_bound(search, expected, max_tau)
+
+
+@given(
+    center=st.floats(-5.0, 1000.5),
+    log_curvatures=st.tuples(st.floats(-7.0, 7.0), st.floats(-7.0, 7.0)),
+    offset=st.floats(-10.0, 10.0),
+    max_tau=st.integers(1, 1000),
+)
+def test_parabolic_search_stays_within_the_bound_on_asymmetric_quadratics(
+    center, log_curvatures, offset, max_tau
+):
+    """Quadratic on each side of ``center`` with its own curvature (ratio up to e^14 ≈ 1.2e6)."""
+    left, right = (math.exp(log_curvature) for log_curvature in log_curvatures)
+
+    def phi(x: float) -> float:
+        return offset + (left if x < center else right) * (x - center) ** 2
+
+    assume(abs(center + 0.5 - round(center + 0.5)) > TIE_MARGIN or left == right)
+    ray, params = _scalar_ray(phi, max_tau)
+    ray.evaluate(0)
+    SEARCHES["parabolic"](ray, max_tau, 1)
+    ray._land_()
+
+    # The closed form: the lower of the integers either side of the centre, inside [0, max_tau].
+    candidates = {min(max(tau, 0), max_tau) for tau in (math.floor(center), math.ceil(center))}
+    expected = min(sorted(candidates), key=phi)
+    assert ray.best_tau == expected
+    assert params[0].item() == float(expected)
+    assert ray.evaluations <= evaluation_bound("parabolic", expected, max_tau)
+
+
+@st.composite
+def convex_sequences(draw: st.DrawFn) -> list[int]:
+    """Integer losses with strictly increasing, never zero, differences: one strict minimiser."""
+    slopes = draw(st.lists(st.integers(-(10**6), 10**6).filter(bool), unique=True, max_size=300))
+    losses = [0]
+    for slope in sorted(slopes):
+        losses.append(losses[-1] + slope)
+    return losses
+
+
+@pytest.mark.parametrize("search", sorted(SEARCHES))
+@given(losses=convex_sequences(), start=st.integers(1, 300))
+def test_every_search_finds_the_minimiser_of_any_convex_loss(search, losses, start):
+    max_tau = len(losses) - 1
+    assume(max_tau >= 1)
+    ray, params = _scalar_ray(lambda x: float(losses[round(x)]), max_tau)
+    ray.evaluate(0)
+    SEARCHES[search](ray, max_tau, min(start, max_tau))
+    ray._land_()
+
+    assert ray.best_tau == losses.index(min(losses))
+    assert params[0].item() == float(ray.best_tau)
+    assert ray.evaluations <= max_tau + 1
 
 
 @pytest.mark.parametrize("search", sorted(SEARCHES))
