@@ -39,7 +39,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -312,6 +312,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "ignored by git; the committed tables are under "
         "benchmarks/results/<preset>)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep a run whose JSON in --out was made with the same spec and settings (delete "
+        "a run's JSON to run it again, e.g. after a library change that alters it)",
+    )
     args = parser.parse_args(argv)  # fmt: skip
 
     import torch
@@ -339,14 +345,22 @@ def main(argv: list[str] | None = None) -> list[Result]:
     results: list[Result] = []
     targets: dict[str, float] = {}
 
+    settings = {"preset": args.preset, "batch_size": args.batch_size, "seed": args.seed}
+    settings |= {"eval_every": args.eval_every}
+
     def run(spec: Spec) -> Result:
         print(f"  {spec.name} ...", end="\r", flush=True)
         started = time.perf_counter()
-        result = train(spec, base, splits, args, targets.get(spec.group))
+        path = out / f"{_slug(spec.name)}.json"
+        saved = json.loads(path.read_text()) if args.resume and path.exists() else {}
+        if saved.get("spec") == asdict(spec) and saved.get("settings") == settings:
+            result = _result_from_json(saved)
+        else:
+            result = train(spec, base, splits, args, targets.get(spec.group))
         if spec.fast_forward == "off":
             targets.setdefault(spec.group, result.test_loss)
         results.append(result)
-        (out / f"{_slug(spec.name)}.json").write_text(json.dumps(asdict(result), indent=1))
+        path.write_text(json.dumps({**asdict(result), "settings": settings}, indent=1))
         print(
             f"  {spec.name:<32} lr {spec.lr:<7g} steps {result.steps:>4}"
             f"  test {result.test_loss:.4f}"
@@ -374,6 +388,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     print(table)
     print(f"wrote {out}/table.md, {out}/loss_vs_flops.png and one JSON per run")
     return results
+
+
+def _result_from_json(saved: dict[str, Any]) -> Result:
+    fields = {k: v for k, v in saved.items() if k != "settings"}
+    fields["spec"] = Spec(**fields["spec"])
+    fields["stage_losses"] = [tuple(pair) for pair in fields["stage_losses"]]
+    fields["curve"] = [tuple(point) for point in fields["curve"]]
+    return Result(**fields)
 
 
 def _slug(name: str) -> str:
