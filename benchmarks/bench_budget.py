@@ -105,6 +105,7 @@ class Outcome:
     stage_evaluations: list[int] = field(default_factory=list)  # validation passes per stage
     evaluations: int = 0
     gave_up_at_step: int | None = None
+    gave_up_because: str | None = None
     intervals: list[int] = field(default_factory=list)  # steps between consecutive stages
     train_step_flops: int = 0
     val_pass_flops: int = 0
@@ -141,7 +142,10 @@ def train(
     if run.options is not None:
         groups = pool.split(len(splits.val)) if run.rotate else [splits.val]
         closure = validation_closure(model, groups, lambda m, b: lm.lm_loss(m, b), rotate=1)
-        optimizer = FastForward(adam, model, closure, **dict(run.options))
+        options = dict(run.options)
+        if options.get("cost_ratio") == "flops":  # a validation pass's cost in training steps
+            options["cost_ratio"] = outcome.val_pass_flops / outcome.train_step_flops
+        optimizer = FastForward(adam, model, closure, **options)
 
     def flops(steps: int) -> int:
         if not isinstance(optimizer, FastForward):
@@ -177,6 +181,7 @@ def train(
         outcome.stage_evaluations = [record.evaluations for record in stats.history]
         outcome.stage_seconds = stats.stage_seconds
         outcome.gave_up_at_step = stats.gave_up_at_step
+        outcome.gave_up_because = stats.gave_up_because
         steps = [0] + [record.step for record in stats.history]
         outcome.intervals = [b - a for a, b in itertools.pairwise(steps)]
     return outcome
@@ -204,6 +209,22 @@ def search_study(tuned_lr: float) -> list[Run]:
     return runs
 
 
+def policy_study(tuned_lr: float) -> list[Run]:
+    """Fast Forward with and without the cost-aware rule at the paper's lr and the tuned one.
+
+    The rule's cost ratio is the measured FLOPs of a validation pass over a training step, so
+    the runs are deterministic (a user with a busy GPU can pass the same).
+    """
+    runs = []
+    for lr in (PAPER_LR, tuned_lr):
+        runs += [
+            Run(lr, label="Adam"),
+            ff(lr, "FF defaults"),
+            ff(lr, "FF cost-aware", cost_aware=True, cost_ratio="flops"),
+        ]
+    return runs
+
+
 def lr_study() -> list[Run]:
     """Plain Adam and Fast Forward with the library's defaults at every lr of the sweep."""
     return [run for lr in LR_SWEEP for run in (Run(lr, label="Adam"), ff(lr, "FF defaults"))]
@@ -217,10 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--study",
-        choices=("all", "lr", "search"),
+        choices=("all", "lr", "search", "policy"),
         default="all",
-        help="lr: the learning-rate sweep; search: strategies and guards "
-        "(default: all, ~85 min on 2 cores)",
+        help="lr: the learning-rate sweep; search: strategies and guards; policy: the "
+        "cost-aware rule (default: all, ~85 min on 2 cores)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
@@ -274,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.study in ("all", "search"):
         results = [get(run) for run in search_study(tuned.run.lr)]
         budget_report.write_search_study(results, tuned, out)
+    if args.study in ("all", "policy"):
+        results = [get(run) for run in policy_study(tuned.run.lr)]
+        budget_report.write_policy_study(results, out)
 
 
 def _compare_with_seed_0(seed: int, results: list[Outcome], tuned: Outcome, out: Path) -> None:

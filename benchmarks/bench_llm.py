@@ -74,6 +74,7 @@ class Run:
     seed: int = 0
     search: str | None = None
     adapter: str = "lora"  # "lora" or "dora"
+    cost_aware: bool = False  # with cost_ratio = a validation pass's FLOPs over a step's
 
     @property
     def is_ff(self) -> bool:
@@ -87,6 +88,7 @@ class Run:
     @property
     def name(self) -> str:
         method = "Adam" if self.search is None else f"FF {self.search}"
+        method += " cost-aware" if self.cost_aware else ""
         return f"{method} {self.adapter} lr={self.lr:g} seed={self.seed}"
 
     @property
@@ -117,6 +119,7 @@ class Result:
     stage_losses: list[tuple[float, float]] = field(default_factory=list)
     evaluations: int = 0
     gave_up_at_step: int | None = None
+    gave_up_because: str | None = None
     cut_by_budget: bool = False
     curve: list[tuple[int, float, str]] = field(default_factory=list)
     # at each point of ``curve``: the paper's FLOPs, and training (wall, CPU) seconds so far
@@ -195,7 +198,16 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
 
     optimizer: torch.optim.Optimizer = adam
     if run.is_ff:
-        optimizer = FastForward(adam, model, val_loss, interval=INTERVAL, search=run.search)
+        cost_ratio = result.val_pass_flops / result.train_step_flops if run.cost_aware else None
+        optimizer = FastForward(
+            adam,
+            model,
+            val_loss,
+            interval=INTERVAL,
+            search=run.search,
+            cost_aware=run.cost_aware,
+            cost_ratio=cost_ratio,
+        )
 
     def test(kind: str) -> None:
         result.curve.append((flops_so_far(), smollm.evaluate(model, data["test"]), kind))
@@ -236,6 +248,7 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
         result.stage_evaluations = [record.evaluations for record in history]
         result.stage_losses = [(record.loss_before, record.loss_after) for record in history]
         result.gave_up_at_step = optimizer.stats.gave_up_at_step
+        result.gave_up_because = optimizer.stats.gave_up_because
     return result
 
 
@@ -269,8 +282,11 @@ def config_of(run: Run, preset: dict[str, Any]) -> dict[str, Any]:
     import fastforward
 
     data = {k: preset[k] for k in ("n_train", "n_test", "n_val", "context", "batch", "epochs")}
+    run_fields = asdict(run)
+    if not run.cost_aware:  # runs saved before the option existed match
+        del run_fields["cost_aware"]
     return {
-        **asdict(run),
+        **run_fields,
         **data,
         "test_every": preset["test_every"],
         "fastforward": fastforward.__version__,
@@ -376,6 +392,10 @@ def run_study(preset_name: str, out: Path) -> Study:
         for lr in dict.fromkeys((PAPER_LR, tuned)):
             study.get(Run(lr, seed))
             study.get(Run(lr, seed, "parabolic"))
+    if preset["extras"]:  # the cost-aware rule (issue: a stage policy that pays or steps aside)
+        for seed in preset["seeds"]:
+            for lr in dict.fromkeys((PAPER_LR, tuned)):
+                study.get(Run(lr, seed, "parabolic", cost_aware=True))
     if preset["extras"]:
         for lr in preset["sweep"]:
             study.get(Run(lr, first, "parabolic"))

@@ -207,6 +207,30 @@ def anytime_table(results: list[Any]) -> str:
     return anytime.table(runs, adam, {group: r.curve[-1][0] for group, r in adam.items()})
 
 
+def policy_table(results: list[Any]) -> str:
+    """The cost-aware rule against the defaults: passes, stages, when it stepped aside."""
+    lines = [
+        "| run | final test loss | vs Adam | val passes (per stage) | τ per stage | off at step |",
+        "|---|---|---|---|---|---|",
+    ]
+    adam = {o.run.lr: o for o in results if not o.run.is_ff}
+    for o in results:
+        vs = "" if not o.run.is_ff else f"{o.final_loss / adam[o.run.lr].final_loss - 1:+.2%}"
+        passes = f"{o.evaluations} ({', '.join(map(str, o.stage_evaluations))})"
+        off = "" if o.gave_up_at_step is None else f"{o.gave_up_at_step} ({o.gave_up_because})"
+        taus = ", ".join(map(str, o.taus))
+        lines.append(
+            f"| {o.run.label} lr={o.run.lr:g} | {o.final_loss:.4f} | {vs} | "
+            + (f"{passes} | {taus} | {off} |" if o.run.is_ff else " |  |  |")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_policy_study(results: list[Any], out: Path) -> None:
+    text = "\n".join([policy_table(results), anytime_table(results)])
+    (out / "policy_table.md").write_text(text)
+
+
 def write_lr_study(results: list[Any], tuned: Any, out: Path) -> None:
     table = lr_table(results, tuned)
     text = "\n".join([table, "", sweep_cost(results, tuned), ""])

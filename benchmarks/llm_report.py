@@ -46,6 +46,7 @@ def _row(r: Any, adam: Any) -> list[str]:
         taus = ", ".join(map(str, r.taus)) + (" (cut)" if r.cut_by_budget else "")
         per_stage = ", ".join(map(str, r.stage_evaluations))
         gave_up = "" if r.gave_up_at_step is None else str(r.gave_up_at_step)
+        gave_up += f" ({r.gave_up_because})" if r.gave_up_because else ""
         cells += [taus, f"{r.evaluations} ({per_stage})", gave_up]
     else:
         cells += ["", "", ""]

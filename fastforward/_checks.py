@@ -54,6 +54,19 @@ def _check_float(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_cost_ratio(cost_ratio: object) -> float | None:
+    """None, or the cost of a validation pass in training steps: finite and positive."""
+    if cost_ratio is None:
+        return None
+    value = _check_float("cost_ratio", cost_ratio)
+    if not 0.0 < value < math.inf:
+        raise ValueError(
+            f"fastforward: cost_ratio must be a finite number > 0 (the cost of one validation "
+            f"pass in training steps, e.g. 0.5), got {value}"
+        )
+    return value
+
+
 def _check_min_improvement(min_improvement: object) -> float:
     value = _check_float("min_improvement", min_improvement)
     if not 0.0 <= value < 1.0:

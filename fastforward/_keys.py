@@ -16,6 +16,7 @@ FAILED_STAGES_IN_A_ROW = "failed_stages_in_a_row"
 LAST_TAU = "last_tau"
 INTERVAL_NOW = "interval_now"
 LAST_SCHEDULED_STEP = "last_scheduled_step"
+REFERENCE = "reference"  # cost_aware: the last measured (step, validation loss)
 STATS = "stats"
 
 FORMAT_VERSION = 1

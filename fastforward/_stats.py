@@ -22,6 +22,9 @@ class StageRecord:
         rejected_tau: With ``tau == 0``: the best point found, if ``min_improvement`` turned
             it down; else ``None``.
         rejected_loss: Its validation loss, or ``None``.
+        payoff: With ``cost_aware``: training steps' worth of validation loss the stage bought
+            per training step its passes cost (below 1: it did not pay, and Fast Forward
+            stepped aside); ``None`` when off or not yet measurable.
     """
 
     step: int
@@ -32,6 +35,7 @@ class StageRecord:
     seconds: float
     rejected_tau: int | None = None
     rejected_loss: float | None = None
+    payoff: float | None = None
 
 
 @dataclass
@@ -48,8 +52,10 @@ class FastForwardStats:
         simulated_steps: Sum of the accepted ``tau`` over all stages.
         evaluations: ``val_closure`` calls made by all stages.
         stage_seconds: Wall time spent in stages.
-        gave_up_at_step: The optimizer step after which the give-up rule switched Fast Forward
-            off for good, or ``None``.
+        gave_up_at_step: The optimizer step after which Fast Forward switched itself off for
+            good, or ``None``.
+        gave_up_because: Why: ``"patience"`` (stages in a row accepted τ = 0) or ``"payoff"``
+            (``cost_aware``: a stage bought less than training would have with its compute).
         history: One :class:`StageRecord` per stage that ran, in order.
     """
 
@@ -60,13 +66,18 @@ class FastForwardStats:
     evaluations: int = 0
     stage_seconds: float = 0.0
     gave_up_at_step: int | None = None
+    gave_up_because: str | None = None
     history: list[StageRecord] = field(default_factory=list)
 
     def __str__(self) -> str:
         """One short line for ``print(ff.stats)``; ``repr`` keeps every field and record."""
         accepted = sum(record.tau > 0 for record in self.history)
         skipped = f" (+{self.skipped_stages} skipped)" if self.skipped_stages else ""
-        state = "" if self.gave_up_at_step is None else f"; off since step {self.gave_up_at_step}"
+        state = (
+            ""
+            if self.gave_up_at_step is None
+            else f"; off since step {self.gave_up_at_step} ({self.gave_up_because})"
+        )
         return (
             f"Fast Forward: {self.optimizer_steps} optimizer steps, {self.stages} stages{skipped}"
             f" ({accepted} moved the model) simulating {self.simulated_steps} steps, for "
@@ -106,8 +117,11 @@ _COUNTS = {
     "optimizer_steps", "stages", "skipped_stages", "simulated_steps", "evaluations", "step",
     "tau", "gave_up_at_step", "rejected_tau",
 }  # fmt: skip
-_NUMBERS = {"stage_seconds", "loss_before", "loss_after", "seconds", "rejected_loss"}
-_OPTIONAL = {"gave_up_at_step", "rejected_tau", "rejected_loss"}  # None allowed
+_NUMBERS = {
+    "stage_seconds", "loss_before", "loss_after", "seconds", "rejected_loss", "payoff",
+}  # fmt: skip
+_REASONS = {"gave_up_because": ("patience", "payoff")}
+_OPTIONAL = {"gave_up_at_step", "rejected_tau", "rejected_loss", "payoff", "gave_up_because"}
 
 
 def _check_fields(where: str, values: dict[str, Any], kind: type) -> None:
@@ -135,3 +149,5 @@ def _check_fields(where: str, values: dict[str, Any], kind: type) -> None:
                 raise ValueError(f"{where}.{name} must be >= 0, got {value}")
         elif name in _NUMBERS and type(value) not in (int, float):
             raise TypeError(f"{where}.{name} must be a number, got {value!r}")
+        elif name in _REASONS and value not in _REASONS[name]:
+            raise ValueError(f"{where}.{name} must be one of {_REASONS[name]}, got {value!r}")

@@ -20,10 +20,12 @@ from fastforward import _keys
 from fastforward._checks import (
     MAX_TAU_LIMIT,
     _check_bool,
+    _check_cost_ratio,
     _check_int,
     _check_max_tau_ratio,
     _check_min_improvement,
     _checked_loss,
+    _is_bool,
 )
 from fastforward._distributed import (
     _collective_device,
@@ -34,6 +36,7 @@ from fastforward._distributed import (
 )
 from fastforward._functional import _copy_, _max_abs, _reversed_delta_from_snapshot_
 from fastforward._modes import _eval_mode
+from fastforward._payoff import StepClock, stage_payoff
 from fastforward._stage import (
     DEFAULT_MIN_IMPROVEMENT,
     DEFAULT_SEARCH,
@@ -43,7 +46,7 @@ from fastforward._stage import (
     _search_name,
 )
 from fastforward._stats import FastForwardStats, StageRecord
-from fastforward.functional import _run_stage
+from fastforward.functional import StageResult, _run_stage
 
 logger = logging.getLogger("fastforward")
 
@@ -203,6 +206,8 @@ class FastForward(Optimizer):
         patience: int | None = 3,
         search: str | SearchStrategy = DEFAULT_SEARCH,
         min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
+        cost_aware: bool = False,
+        cost_ratio: float | None = None,
         enabled: bool = True,
         on_stage: StageCallback | None = None,
         foreach: bool | None = None,
@@ -222,6 +227,8 @@ class FastForward(Optimizer):
             patience=patience,
             search=search,
             min_improvement=min_improvement,
+            cost_aware=cost_aware,
+            cost_ratio=cost_ratio,
         )
         self._closure_takes_stage = _check_closure_signature(val_closure)
         # Optimizer.__init__ sets up hooks and profiling; it gets copies of the group dicts and
@@ -252,6 +259,8 @@ class FastForward(Optimizer):
         self.patience: int | None = hyperparameters["patience"]
         self.search: str | SearchStrategy = hyperparameters["search"]
         self.min_improvement: float = hyperparameters["min_improvement"]
+        self.cost_aware: bool = hyperparameters["cost_aware"]
+        self.cost_ratio: float | None = hyperparameters["cost_ratio"]
         self.enabled = enabled
         self.on_stage = on_stage
         self.foreach = True if foreach is None else foreach
@@ -272,6 +281,9 @@ class FastForward(Optimizer):
         self._anchor: list[Tensor] = []  # W_n in a stage
         self._delta: list[Tensor] = []  # W_{n-1} between snapshot and step, then -Δ
         self._buffer_layout: list[tuple[torch.Size, torch.dtype, torch.device]] = []
+        # cost_aware: the last measured (step, validation loss), and the training step's time.
+        self._reference: tuple[int, float] | None = None
+        self._clock = StepClock()
         self._guard_base_steps()
         _run_stages_eagerly()
 
@@ -345,7 +357,8 @@ class FastForward(Optimizer):
             f"FastForward(interval={self.interval}, warmup={self.warmup}, max_tau={self.max_tau}, "
             f"max_tau_ratio={self.max_tau_ratio}, adaptive_interval={self.adaptive_interval}, "
             f"patience={self.patience}, search={_search_name(self.search)!r}, "
-            f"min_improvement={self.min_improvement}, active={self.active},\n"
+            f"min_improvement={self.min_improvement}, cost_aware={self.cost_aware}, "
+            f"cost_ratio={self.cost_ratio}, active={self.active},\n"
             f"{self.optimizer!r})"
         )
 
@@ -376,6 +389,10 @@ class FastForward(Optimizer):
         """
         self._refuse_during_stage("step()")
         step = self.stats.optimizer_steps + 1
+        if self.cost_aware:
+            self._clock.tick()
+            if self._reference is None and self.active and step > self.warmup:
+                self._measure_reference(step - 1)
         stage_due = self._stage_due(step)
         movable = stage_due and self._snapshot_()
         self._stepping = True
@@ -592,6 +609,7 @@ class FastForward(Optimizer):
             self._in_stage = False
             seconds = time.perf_counter() - started
             self.stats.stage_seconds += seconds
+            self._clock.exclude(seconds)
         if not math.isfinite(result.loss_before):
             loss = result.loss_before
             self._skip_stage(step, f"the validation loss at W_n is {loss}", logging.WARNING)
@@ -606,6 +624,7 @@ class FastForward(Optimizer):
                 seconds,
                 result.rejected_tau,
                 result.rejected_loss,
+                self._payoff(step, result, seconds),
             )
         )
 
@@ -664,7 +683,8 @@ class FastForward(Optimizer):
         logger.log(level, message if rank is None else f"rank {rank}: {message}", *args)
 
     def _collective_device(self) -> torch.device:
-        return _collective_device(self.process_group, self._stage_params[0].device)
+        params = self._stage_params or self._trainable_params()
+        return _collective_device(self.process_group, params[0].device)
 
     def _skip_stage(self, step: int, reason: str, level: int) -> None:
         self.stats.skipped_stages += 1
@@ -697,9 +717,78 @@ class FastForward(Optimizer):
         )
         self._failed_stages_in_a_row = self._failed_stages_in_a_row + 1 if record.tau == 0 else 0
         if self.patience is not None and self._failed_stages_in_a_row >= self.patience:
-            self._give_up(record.step)
+            self._give_up(record.step, "patience")
+            # WARNING: the default log level shows it; a user must know that stages stopped.
+            self._log(
+                logging.WARNING,
+                "Fast Forward is off from step %d on: %d stages in a row accepted tau=0 "
+                "(patience=%d; none beat the validation loss at W_n by min_improvement=%g); the "
+                "wrapper is now the bare optimizer",
+                record.step,
+                self._failed_stages_in_a_row,
+                self.patience,
+                self.min_improvement,
+            )
+        if self.cost_aware:
+            self._reference = (record.step, record.loss_after)
+            if record.payoff is not None and record.payoff < 1 and not self._gave_up:
+                self._step_aside(record)
         if self.on_stage is not None:
             self.on_stage(record)
+
+    def _payoff(self, step: int, result: StageResult, seconds: float) -> float | None:
+        """``cost_aware``: training steps' worth of loss the stage bought per step it cost.
+
+        None when the rule is off or has nothing to measure against yet.
+        """
+        if not self.cost_aware or self._reference is None:
+            return None
+        reference_step, reference_loss = self._reference
+        ratio = self.cost_ratio
+        if ratio is None:
+            step_seconds = self._clock.seconds_per_step
+            if step_seconds is None or not step_seconds > 0:
+                return None
+            ratio = seconds / result.evaluations / step_seconds
+        if not math.isfinite(reference_loss) or step <= reference_step:
+            return None
+        return stage_payoff(
+            result.loss_before - result.loss_after,
+            result.evaluations,
+            ratio,
+            (reference_loss - result.loss_before) / (step - reference_step),
+        )
+
+    def _measure_reference(self, step: int) -> None:
+        """``cost_aware``: the validation loss before the first stage, for training's rate."""
+        started = time.perf_counter()
+        self._progress = _Progress(started, next_report=PROGRESS_SECONDS)
+        self._in_stage = True
+        loss = math.nan  # an exception leaves nothing to measure against: no payoff then
+        try:
+            with torch.no_grad(), _eval_mode(self.model):
+                loss = self._validation_loss()
+        finally:
+            self._in_stage = False
+            seconds = time.perf_counter() - started
+            self.stats.stage_seconds += seconds
+            self._clock.exclude(seconds)
+            self._reference = (step, loss)
+
+    def _step_aside(self, record: StageRecord) -> None:
+        self._give_up(record.step, "payoff")
+        # WARNING: the default log level shows it; a user must know that stages stopped.
+        self._log(
+            logging.WARNING,
+            "Fast Forward steps aside from step %d on: its stage bought %.2fx the validation "
+            "loss that training buys with the same compute (cost_aware; val loss %.6g -> %.6g "
+            "in %d validation passes); the wrapper is now the bare optimizer",
+            record.step,
+            record.payoff,
+            record.loss_before,
+            record.loss_after,
+            record.evaluations,
+        )
 
     def _adapt_interval(self, tau: int) -> None:
         if self.adaptive_interval is None:
@@ -710,21 +799,10 @@ class FastForward(Optimizer):
         elif tau <= 1:
             self._interval_now = min(longest, self._interval_now * 2)
 
-    def _give_up(self, step: int) -> None:
+    def _give_up(self, step: int, reason: str) -> None:
         self._gave_up = True
-        self.stats.gave_up_at_step = step
+        self.stats.gave_up_at_step, self.stats.gave_up_because = step, reason
         self._free_buffers()
-        # WARNING: the default log level shows it; a user must know that stages stopped.
-        self._log(
-            logging.WARNING,
-            "Fast Forward is off from step %d on: %d stages in a row accepted tau=0 (patience=%d; "
-            "none beat the validation loss at W_n by min_improvement=%g); the wrapper is now "
-            "the bare optimizer",
-            step,
-            self._failed_stages_in_a_row,
-            self.patience,
-            self.min_improvement,
-        )
 
     def _wrapper_state(self) -> dict[str, Any]:
         return {
@@ -740,6 +818,8 @@ class FastForward(Optimizer):
                 "patience": self.patience,
                 "search": _search_name(self.search),
                 "min_improvement": self.min_improvement,
+                "cost_aware": self.cost_aware,
+                "cost_ratio": self.cost_ratio,
             },
             _keys.ENABLED: self.enabled,
             _keys.GAVE_UP: self._gave_up,
@@ -747,6 +827,7 @@ class FastForward(Optimizer):
             _keys.LAST_TAU: self._last_tau,
             _keys.INTERVAL_NOW: self._interval_now,
             _keys.LAST_SCHEDULED_STEP: self._last_scheduled_step,
+            _keys.REFERENCE: None if self._reference is None else list(self._reference),
             _keys.STATS: self.stats.to_dict(),
         }
 
@@ -772,6 +853,8 @@ class FastForward(Optimizer):
             # Absent from dicts saved before these options existed: both were off.
             saved.setdefault("max_tau_ratio", None)
             saved.setdefault("adaptive_interval", None)
+            saved.setdefault("cost_aware", False)
+            saved.setdefault("cost_ratio", None)
             saved["search"] = self._saved_search(saved["search"])
             hyperparameters = _check_hyperparameters(**saved)
             interval, warmup = hyperparameters["interval"], hyperparameters["warmup"]
@@ -788,6 +871,7 @@ class FastForward(Optimizer):
                 "_last_scheduled_step": _saved_int(
                     state, _keys.LAST_SCHEDULED_STEP, 0, default=default_last
                 ),
+                "_reference": _saved_reference(state.get(_keys.REFERENCE)),
                 "stats": stats,
             }
         except (KeyError, TypeError, ValueError) as error:
@@ -986,6 +1070,8 @@ def _check_hyperparameters(
     min_improvement: object,
     max_tau_ratio: object,
     adaptive_interval: object,
+    cost_aware: object,
+    cost_ratio: object,
 ) -> dict[str, Any]:
     """The hyperparameters, checked, as plain Python values (``int``, ``float``, ``str``)."""
     interval = _check_int("interval", interval, 1)
@@ -1004,6 +1090,8 @@ def _check_hyperparameters(
         # A str subclass (an enum) is stored as the plain string it equals.
         "search": str.__str__(search) if isinstance(search, str) else search,
         "min_improvement": _check_min_improvement(min_improvement),
+        "cost_aware": _check_bool("cost_aware", cost_aware),
+        "cost_ratio": _check_cost_ratio(cost_ratio),
     }
 
 
@@ -1028,6 +1116,18 @@ def _saved_bool(state: dict[str, Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{key} must be a bool, got {value!r}")
     return value
+
+
+def _saved_reference(value: object) -> tuple[int, float] | None:
+    """A saved ``[step, loss]`` pair (the loss may be NaN), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise TypeError(f"{_keys.REFERENCE} must be [step, loss] or None, got {value!r}")
+    step, loss = value
+    if _is_bool(loss) or not isinstance(loss, (int, float)):
+        raise TypeError(f"{_keys.REFERENCE} loss must be a number, got {loss!r}")
+    return _check_int(_keys.REFERENCE, step, 0), float(loss)
 
 
 def _saved_int(state: dict[str, Any], key: str, low: int, default: int | None = None) -> int:

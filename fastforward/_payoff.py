@@ -1,0 +1,65 @@
+"""Whether a stage paid for itself, the ``cost_aware`` rule of :class:`~fastforward.FastForward`.
+
+A stage pays when the validation loss it bought beats what training buys with the same compute.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+
+def stage_payoff(
+    stage_gain: float, evaluations: int, cost_ratio: float, training_gain_per_step: float
+) -> float:
+    """Training steps' worth of validation loss a stage bought, per training step it cost.
+
+    Args:
+        stage_gain: ``L_0 - L_after`` of the stage (``>= 0``: a stage never lands above ``L_0``).
+        evaluations: Its validation passes, ``L_0`` included.
+        cost_ratio: The cost of one validation pass, in training steps.
+        training_gain_per_step: The validation loss that training lowered per optimizer step
+            since the last measured point (the previous stage's landing, or the start).
+
+    Returns:
+        ``stage_gain / (training_gain_per_step * evaluations * cost_ratio)``: above 1 when the
+        stage bought more than training would have with its compute. ``inf`` when training gained
+        nothing (``<= 0``) and the stage gained something; 0 when the stage gained nothing.
+    """
+    if not stage_gain > 0:
+        return 0.0
+    if not training_gain_per_step > 0:
+        return math.inf
+    return stage_gain / (training_gain_per_step * evaluations * cost_ratio)
+
+
+@dataclass
+class StepClock:
+    """Mean wall time of one training iteration (everything between two ``step()`` calls).
+
+    The time a stage takes inside ``step()`` is left out, so that what remains is the user's
+    forward, backward, data loading and optimizer step.
+    """
+
+    seconds: float = 0.0
+    steps: int = 0
+    _last_call: float | None = None
+    _excluded: float = 0.0
+
+    def tick(self) -> None:
+        """Called at the start of every ``step()``."""
+        now = time.perf_counter()
+        if self._last_call is not None:
+            self.seconds += now - self._last_call - self._excluded
+            self.steps += 1
+        self._last_call, self._excluded = now, 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave out ``seconds`` (a stage's, or a validation pass's) from the current step."""
+        self._excluded += seconds
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """The mean so far, or None before two ``step()`` calls."""
+        return self.seconds / self.steps if self.steps else None

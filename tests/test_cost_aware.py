@@ -1,0 +1,219 @@
+"""cost_aware: a stage must buy more validation loss than training buys with its compute."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from reference import bitwise_equal
+from strategies import through_disk
+
+from fastforward import FastForward
+from fastforward._payoff import StepClock, stage_payoff
+
+gains = st.floats(0.0, 10.0)
+rates = st.floats(-1.0, 1.0)
+
+
+@given(
+    gain=gains,
+    evaluations=st.integers(1, 100),
+    cost_ratio=st.floats(1e-3, 10.0),
+    rate=rates,
+)
+def test_payoff_is_above_one_iff_the_stage_beat_training_on_its_compute(
+    gain, evaluations, cost_ratio, rate
+):
+    payoff = stage_payoff(gain, evaluations, cost_ratio, rate)
+    training_would_buy = rate * evaluations * cost_ratio
+    if gain == 0:
+        assert payoff == 0
+    elif rate <= 0:
+        assert payoff == math.inf
+    else:
+        assert payoff == pytest.approx(gain / training_would_buy, rel=1e-12)
+        assume(not math.isclose(gain, training_would_buy, rel_tol=1e-9))
+        assert (payoff >= 1) == (gain > training_would_buy)
+
+
+class Line(torch.nn.Module):
+    """One parameter ``x``; training pushes it right at a constant rate (loss ``-x``), and the
+    validation loss is ``curvature * (x - target)²``: a scripted loss along every Δ."""
+
+    def __init__(self, target: float, curvature: float) -> None:
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.target, self.curvature = target, curvature
+
+    def validation(self) -> float:
+        return self.curvature * (self.x.item() - self.target) ** 2
+
+
+def _train(ff, model, steps):
+    for _ in range(steps):
+        ff.zero_grad()
+        (-model.x).backward()
+        ff.step()
+
+
+@given(
+    target=st.floats(0.5, 50.0),
+    curvature=st.floats(0.1, 10.0),
+    lr=st.floats(0.01, 0.5),
+    cost_ratio=st.floats(0.01, 5.0),
+    interval=st.integers(2, 8),
+)
+def test_each_payoff_follows_the_rule_and_no_stage_runs_after_stepping_aside(
+    target, curvature, lr, cost_ratio, interval
+):
+    model = Line(target, curvature)
+    ff = FastForward(
+        torch.optim.SGD(model.parameters(), lr=lr),
+        model,
+        model.validation,
+        interval,
+        patience=None,
+        min_improvement=0.0,
+        cost_aware=True,
+        cost_ratio=cost_ratio,
+    )
+    _train(ff, model, 1)
+    start = model.curvature * model.target**2  # the reference pass, at x = 0 before step 1
+    assert ff.stats.evaluations == 1
+    _train(ff, model, 12 * interval - 1)
+
+    reference_step, reference_loss = 0, start
+    for record in ff.stats.history:
+        rate = (reference_loss - record.loss_before) / (record.step - reference_step)
+        expected = stage_payoff(
+            record.loss_before - record.loss_after, record.evaluations, cost_ratio, rate
+        )
+        assert record.payoff == expected
+        reference_step, reference_loss = record.step, record.loss_after
+    paid = [record.payoff >= 1 for record in ff.stats.history]
+    if all(paid):
+        assert ff.stats.gave_up_at_step is None
+        assert ff.stats.stages == 12
+    else:
+        # The first stage that did not pay is the last one: then the bare optimizer, for good.
+        assert paid.index(False) == len(paid) - 1
+        assert ff.stats.gave_up_because == "payoff"
+        assert ff.stats.gave_up_at_step == ff.stats.history[-1].step
+        assert not ff.active
+        ff.enabled = True
+        bare_x = model.x.detach().clone().requires_grad_()
+        bare = torch.optim.SGD([bare_x], lr=lr)
+        evaluations = ff.stats.evaluations
+        _train(ff, model, 3 * interval)
+        for _ in range(3 * interval):
+            bare.zero_grad()
+            (-bare_x).backward()
+            bare.step()
+        assert ff.stats.evaluations == evaluations
+        assert bitwise_equal(model.x.detach(), bare_x.detach())
+
+
+def test_stages_that_pay_go_on_and_a_stage_that_does_not_steps_aside():
+    """Far from the target a stage walks a long way for a few passes; close to it, it cannot."""
+    model = Line(target=40.0, curvature=1.0)
+    ff = FastForward(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        model.validation,
+        4,
+        cost_aware=True,
+        cost_ratio=2.0,
+    )
+    _train(ff, model, 40)
+    first, last = ff.stats.history[0], ff.stats.history[-1]
+    assert first.tau > 100
+    assert first.payoff > 1
+    assert last.payoff < 1
+    assert ff.stats.gave_up_because == "payoff"
+
+
+def test_the_rule_is_off_by_default_and_records_nothing():
+    model = Line(target=40.0, curvature=1.0)
+    ff = FastForward(torch.optim.SGD(model.parameters(), lr=0.1), model, model.validation, 4)
+    _train(ff, model, 8)
+    assert ff.stats.evaluations == sum(r.evaluations for r in ff.stats.history)
+    assert all(record.payoff is None for record in ff.stats.history)
+
+
+def test_without_a_cost_ratio_the_measured_times_set_it(monkeypatch):
+    """A validation pass that takes as long as a training step costs one step."""
+    model = Line(target=40.0, curvature=1.0)
+    now = [0.0]
+
+    def validation():
+        now[0] += 1.0  # one second per validation pass
+        return model.validation()
+
+    monkeypatch.setattr("fastforward._payoff.time.perf_counter", lambda: now[0])
+    monkeypatch.setattr("fastforward.wrapper.time.perf_counter", lambda: now[0])
+    ff = FastForward(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, validation, 4, cost_aware=True
+    )
+    for _ in range(8):
+        now[0] += 1.0  # one second per training iteration
+        ff.zero_grad()
+        (-model.x).backward()
+        ff.step()
+    for record in ff.stats.history:
+        assert record.payoff is not None
+    first = ff.stats.history[0]
+    rate = (model.curvature * model.target**2 - first.loss_before) / first.step
+    assert first.payoff == pytest.approx(
+        stage_payoff(first.loss_before - first.loss_after, first.evaluations, 1.0, rate)
+    )
+
+
+def test_step_clock_leaves_out_stage_time(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("fastforward._payoff.time.perf_counter", lambda: now[0])
+    clock = StepClock()
+    clock.tick()
+    assert clock.seconds_per_step is None
+    for stage_seconds in (0.0, 5.0, 0.0):
+        now[0] += 2.0 + stage_seconds
+        clock.exclude(stage_seconds)
+        clock.tick()
+    assert clock.seconds_per_step == 2.0
+
+
+def test_checkpoint_keeps_the_rule_and_its_reference():
+    model = Line(target=40.0, curvature=1.0)
+    make = lambda m: FastForward(  # noqa: E731
+        torch.optim.SGD(m.parameters(), lr=0.1),
+        m,
+        m.validation,
+        4,
+        cost_aware=True,
+        cost_ratio=0.5,
+    )
+    ff = make(model)
+    _train(ff, model, 6)
+    state = through_disk(ff.state_dict())
+    other = Line(40.0, 1.0)
+    other.load_state_dict(model.state_dict())
+    resumed = make(other)
+    resumed.load_state_dict(state)
+    assert resumed._reference == ff._reference
+    _train(ff, model, 10)
+    _train(resumed, other, 10)
+    timeless = lambda records: [dataclasses.replace(r, seconds=0.0) for r in records]  # noqa: E731
+    assert timeless(resumed.stats.history) == timeless(ff.stats.history)
+    assert ff.stats.gave_up_because == resumed.stats.gave_up_because == "payoff"
+    assert bitwise_equal(other.x.detach(), model.x.detach())
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
+def test_cost_ratio_must_be_finite_and_positive(bad):
+    model = Line(1.0, 1.0)
+    with pytest.raises(ValueError, match="cost_ratio"):
+        FastForward(torch.optim.SGD(model.parameters(), lr=0.1), model, model.validation,
+                    cost_aware=True, cost_ratio=bad)  # fmt: skip
