@@ -57,7 +57,7 @@ class FastForwardCallback(TrainerCallback):
         if logs is None:
             return
         stats = self.ff.stats
-        counters = {
+        counters: dict[str, float] = {
             "ff/stages": stats.stages,
             "ff/simulated_steps": stats.simulated_steps,
             "ff/evaluations": stats.evaluations,
@@ -65,6 +65,10 @@ class FastForwardCallback(TrainerCallback):
             "ff/active": int(self.ff.active),
             "ff/interval": self.ff.current_interval,
         }
+        payoffs = [r.payoff for r in stats.history if r.payoff is not None]
+        if payoffs:  # cost_aware: the last stage's payoff, and whether it stepped aside
+            counters["ff/payoff"] = round(payoffs[-1], 4)
+            counters["ff/stepped_aside"] = int(stats.gave_up_because == "payoff")
         logs.update(counters)
         # Trainer appended this entry to log_history before calling us.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:

@@ -146,6 +146,18 @@ class FastForward(Optimizer):
             benchmark it ended stages at the tuned learning rate that gained next to nothing,
             so Fast Forward gave up after 7 evaluations instead of 18, and changed nothing at
             the paper's rate; see ``docs/results.md``).
+        cost_aware: Step aside (switch Fast Forward off for good) after the first stage that
+            bought less validation loss than training would have with the same compute: the
+            stage's gain ``L_0 - L_after`` against training's gain per step since the last
+            measured point (the previous stage's landing, or a validation pass made before the
+            first step, counted in ``stats.evaluations``) times the stage's passes times
+            ``cost_ratio``. Each stage's ratio of the two is ``StageRecord.payoff``. See
+            ``docs/algorithm.md`` and, for what it does to the loss, ``docs/results.md``
+            (default: ``False``).
+        cost_ratio: With ``cost_aware``, the cost of one validation pass in training steps, e.g.
+            the ratio of their FLOPs; ``None`` measures it: a stage's seconds per pass over the
+            mean wall time between ``step()`` calls, stages left out (unreliable when the device
+            runs asynchronously to the host; default: ``None``).
         enabled: ``False`` turns stages off: the wrapper is then bitwise the bare optimizer. May be
             changed between steps through the attribute of the same name (default: ``True``).
         on_stage: Called with the :class:`StageRecord` of every stage that ran (default: ``None``).

@@ -32,7 +32,7 @@ class _Examples(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def _trainer(output_dir, **overrides):
+def _trainer(output_dir, ff_options=None, **overrides):
     model = peft.get_peft_model(
         tiny_gpt_neox(), peft.LoraConfig(r=4, target_modules=["query_key_value"])
     )
@@ -41,7 +41,7 @@ def _trainer(output_dir, **overrides):
     # numpy hyperparameters: the checkpoint must still load with torch.load(weights_only=True)
     ff = FastForward(
         adam, model, val, np.int64(INTERVAL), max_tau=np.int64(16), patience=None,
-        min_improvement=np.float64(1e-3),
+        min_improvement=np.float64(1e-3), **(ff_options or {}),
     )  # fmt: skip
     scheduler = transformers.get_linear_schedule_with_warmup(ff, 2, STEPS)
     args = transformers.TrainingArguments(
@@ -89,6 +89,20 @@ def test_trainer_runs_stages_logs_them_and_resumes_bitwise(tmp_path):
     assert [r.tau for r in resumed_ff.stats.history] == [r.tau for r in ff.stats.history]
     final, resumed_final = _adapter_weights(model), _adapter_weights(resumed_model)
     assert all(bitwise_equal(final[n], resumed_final[n]) for n in final)
+
+
+def test_trainer_logs_the_cost_aware_decision(tmp_path):
+    """A pass that costs 1000 steps never pays: the first stage steps aside, and the log says so."""
+    trainer, _, ff = _trainer(
+        tmp_path / "costly", ff_options={"cost_aware": True, "cost_ratio": 1000.0}
+    )
+    trainer.train()
+    assert ff.stats.stages == 1
+    assert ff.stats.gave_up_because == "payoff"
+    logged = [entry for entry in trainer.state.log_history if "ff/stages" in entry]
+    assert logged[-1]["ff/payoff"] == round(ff.stats.history[0].payoff, 4) < 1
+    assert logged[-1]["ff/stepped_aside"] == 1
+    assert logged[-1]["ff/active"] == 0
 
 
 def test_trainer_gradient_accumulation_counts_optimizer_steps(tmp_path):
