@@ -253,16 +253,43 @@ def parabolic_search(ray: Ray, max_tau: int, start: int = 1) -> None:
     App. B), it finds the same τ as :func:`linear_search` in at most
     ``min(τ* + 2, 2 log2(τ* + 1) + 3)`` evaluations, ``L_0`` included (``τ* + 1`` when capped
     at ``max_tau``): never more than the paper's search, and logarithmic in τ*
-    (``tests/test_search.py``). On other losses it returns a local minimum, never above
-    ``L_0``; safeguards (steps that grow geometrically while the loss improves, a bracket that
-    halves every two probes) keep it logarithmic in ``max_tau``. ``start`` is ignored.
+    (``tests/test_search.py``). From τ* = 8 on it spends one more pass at 2τ*, and searches on
+    from there if the loss is lower (a second basin past a bump, as on a real model). On other
+    losses it returns a local minimum, never above ``L_0``; safeguards (steps that grow
+    geometrically while the loss improves, a bracket that halves every two probes) keep it
+    logarithmic in ``max_tau``. ``start`` is ignored.
     """
     for tau in range(1, min(3, max_tau) + 1):
         if not ray.improves(tau):
             return
-    if max_tau > 3:
+    if max_tau <= 3:
+        return
+    while True:
         _extrapolate(ray, max_tau)
         _close_in(ray, max_tau)
+        if not _farther_basin(ray, max_tau):
+            return
+
+
+FARTHER_BASIN_FROM = 8
+"""From this τ* on, :func:`parabolic_search` spends one pass at 2τ* looking for a farther basin."""
+
+
+def _farther_basin(ray: Ray, max_tau: int) -> bool:
+    """Evaluate ``2 τ*``: whether the loss is lower there, past a bump along Δ.
+
+    The loss along Δ is not always convex: on SmolLM2 the first stage at the paper's learning
+    rate has a local minimum at τ = 173 and a lower one at 350 (``docs/results.md``). Linear
+    search stops at the first; one probe at twice the minimiser found (which doubles τ* each
+    time it succeeds, so it can succeed at most ``log2(max_tau)`` times) finds a farther basin
+    that is lower there. On a loss quadratic on each side of its minimiser the probe loses and
+    costs one pass, within the bound's slack from τ* = 8 on.
+    """
+    best = ray.best_tau
+    farther = min(2 * best, max_tau)
+    if best < FARTHER_BASIN_FROM or farther <= best + 1 or farther in ray.losses:
+        return False
+    return ray.improves(farther)
 
 
 def _extrapolate(ray: Ray, max_tau: int) -> None:

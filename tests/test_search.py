@@ -106,6 +106,27 @@ def test_parabolic_search_stays_within_the_bound_on_asymmetric_quadratics(
     assert ray.evaluations <= evaluation_bound("parabolic", expected, max_tau)
 
 
+@given(c1=st.floats(8.0, 200.0), shift=st.floats(-0.25, 0.25))
+def test_parabolic_search_finds_a_lower_basin_at_twice_the_first(c1, shift):
+    """Two basins, the second lower and near 2τ* of the first (as on SmolLM2): linear search
+    stops in the first; the default looks once at 2τ* and lands in the second."""
+    c2 = c1 * (2 + shift)
+
+    def phi(x: float) -> float:
+        return min((x - c1) ** 2, 4 * (x - c2) ** 2 - c1**2 / 2) / c1**2
+
+    assume(min(abs(c + 0.5 - round(c + 0.5)) for c in (c1, c2)) > TIE_MARGIN)
+    landed = {}
+    for search in ("linear", "parabolic"):
+        ray, _ = _scalar_ray(phi, 1000)
+        ray.evaluate(0)
+        SEARCHES[search](ray, 1000, 1)
+        ray._land_()
+        landed[search] = ray.best_tau
+    assert landed["linear"] == min((math.floor(c1), math.ceil(c1)), key=phi)
+    assert landed["parabolic"] == min((math.floor(c2), math.ceil(c2)), key=phi)
+
+
 @st.composite
 def convex_sequences(draw: st.DrawFn) -> list[int]:
     """Integer losses with strictly increasing, never zero, differences: one strict minimiser."""
