@@ -216,8 +216,10 @@ def policy_table(results: list[Any]) -> str:
     adam = {o.run.lr: o for o in results if not o.run.is_ff}
     for o in results:
         vs = "" if not o.run.is_ff else f"{o.final_loss / adam[o.run.lr].final_loss - 1:+.2%}"
-        passes = f"{o.evaluations} ({', '.join(map(str, o.stage_evaluations))})"
-        off = "" if o.gave_up_at_step is None else f"{o.gave_up_at_step} ({o.gave_up_because})"
+        per_stage = ", ".join(map(str, o.stage_evaluations))  # empty in runs saved before it
+        passes = f"{o.evaluations} ({per_stage})" if per_stage else str(o.evaluations)
+        because = f" ({o.gave_up_because})" if o.gave_up_because else ""
+        off = "" if o.gave_up_at_step is None else f"{o.gave_up_at_step}{because}"
         taus = ", ".join(map(str, o.taus))
         lines.append(
             f"| {o.run.label} lr={o.run.lr:g} | {o.final_loss:.4f} | {vs} | "

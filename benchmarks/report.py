@@ -32,7 +32,7 @@ def _row(r: Any, baseline: Any, target: float) -> list[str]:
         _saved(r.paper_flops, baseline.paper_flops) if savings else "",
         f"{r.seconds:.1f}",
         _saved(r.seconds, baseline.seconds) if savings else "",
-        f"{r.cpu_seconds:.1f}",
+        f"{r.cpu_seconds:.1f}" if r.cpu_seconds else "-",  # runs saved before it was measured
         _saved(r.cpu_seconds, baseline.cpu_seconds) if savings else "",
         str(r.stages) if is_ff else "",
         f"{statistics.mean(r.taus):.1f}" if r.taus else "",

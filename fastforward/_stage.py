@@ -278,9 +278,9 @@ FARTHER_BASIN_FROM = 8
 def _farther_basin(ray: Ray, max_tau: int) -> bool:
     """Evaluate ``2 τ*``: whether the loss is lower there, past a bump along Δ.
 
-    The loss along Δ is not always convex: on SmolLM2 the first stage at the paper's learning
-    rate has a local minimum at τ = 173 and a lower one at 350 (``docs/results.md``). Linear
-    search stops at the first; one probe at twice the minimiser found (which doubles τ* each
+    The loss along Δ is not always convex: on a real model we measured a local minimum, a bump,
+    and a lower minimum at twice the τ of the first (``docs/results.md``). Linear search stops
+    at the first; one probe at twice the minimiser found (which doubles τ* each
     time it succeeds, so it can succeed at most ``log2(max_tau)`` times) finds a farther basin
     that is lower there. On a loss quadratic on each side of its minimiser the probe loses and
     costs one pass, within the bound's slack from τ* = 8 on.

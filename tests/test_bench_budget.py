@@ -57,6 +57,24 @@ def test_lr_report_closes_the_gap_and_prices_the_sweep(tmp_path):
     assert (tmp_path / "small_lr_vs_tuned_adam.png").stat().st_size > 0
 
 
+def test_the_policy_study_compares_the_cost_aware_rule_with_the_defaults_at_both_rates(tmp_path):
+    runs = bench_budget.policy_study(3e-2)
+    assert [(r.lr, r.label) for r in runs] == [
+        (lr, label) for lr in (bench_budget.PAPER_LR, 3e-2)
+        for label in ("Adam", "FF defaults", "FF cost-aware")
+    ]  # fmt: skip
+    assert dict(runs[2].options) == {"cost_aware": True, "cost_ratio": "flops"}
+
+    adam = _outcome(3e-2, [3.0, 2.1, 2.0])
+    aside = replace(
+        _outcome(3e-2, [3.0, 2.1, 2.0], ff=True), run=runs[5], stage_evaluations=[2],
+        taus=[0], evaluations=3, gave_up_at_step=6, gave_up_because="payoff",
+    )  # fmt: skip
+    budget_report.write_policy_study([adam, aside], tmp_path)
+    text = (tmp_path / "policy_table.md").read_text()
+    assert "| FF cost-aware lr=0.03 | 2.0000 | +0.00% | 3 (2) | 0 | 6 (payoff) |" in text
+
+
 def test_the_seed_table_judges_each_seed_against_its_own_tuned_adam():
     seed_0 = [
         _outcome(1e-4, [3.0, 2.6]),
