@@ -73,11 +73,9 @@ class FastForwardStats:
         """One short line for ``print(ff.stats)``; ``repr`` keeps every field and record."""
         accepted = sum(record.tau > 0 for record in self.history)
         skipped = f" (+{self.skipped_stages} skipped)" if self.skipped_stages else ""
-        state = (
-            ""
-            if self.gave_up_at_step is None
-            else f"; off since step {self.gave_up_at_step} ({self.gave_up_because})"
-        )
+        because = f" ({self.gave_up_because})" if self.gave_up_because else ""
+        state = "" if self.gave_up_at_step is None else f"; off since step {self.gave_up_at_step}"
+        state += because
         return (
             f"Fast Forward: {self.optimizer_steps} optimizer steps, {self.stages} stages{skipped}"
             f" ({accepted} moved the model) simulating {self.simulated_steps} steps, for "
