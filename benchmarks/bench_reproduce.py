@@ -345,8 +345,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
     results: list[Result] = []
     targets: dict[str, float] = {}
 
-    settings = {"preset": args.preset, "batch_size": args.batch_size, "seed": args.seed}
-    settings |= {"eval_every": args.eval_every}
+    settings = {
+        "preset": args.preset, "batch_size": args.batch_size, "seed": args.seed,
+        "eval_every": args.eval_every,
+    }  # fmt: skip
 
     def run(spec: Spec) -> Result:
         print(f"  {spec.name} ...", end="\r", flush=True)

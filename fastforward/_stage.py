@@ -304,8 +304,7 @@ def _extrapolate(ray: Ray, max_tau: int) -> None:
     least_step, misled = 1, 0
     while ray.best_tau < max_tau and max(ray.losses) == ray.best_tau:
         best = ray.best_tau
-        before, last = sorted(ray.losses)[-3:-1]
-        vertex = _vertex(ray, before, last, best)
+        vertex = _trailing_vertex(ray, best)
         if vertex is None:
             probe = 2 * best
         elif round(vertex) <= best and misled < 2:
@@ -323,13 +322,15 @@ def _extrapolate(ray: Ray, max_tau: int) -> None:
         least_step = max(least_step, 2 * (probe - best))
 
 
-def _settles(ray: Ray, best: int) -> bool:
-    """Whether the parabola through ``best`` and the two points before it bottoms out there.
-
-    Its vertex at or below ``best`` means the best point is about the minimiser, not short of it.
-    """
+def _trailing_vertex(ray: Ray, best: int) -> float | None:
+    """The vertex of the parabola through ``best``, the rightmost point, and the two before it."""
     before, last = sorted(ray.losses)[-3:-1]
-    vertex = _vertex(ray, before, last, best)
+    return _vertex(ray, before, last, best)
+
+
+def _settles(ray: Ray, best: int) -> bool:
+    """Whether the trailing parabola bottoms out at or below ``best`` (about the minimiser)."""
+    vertex = _trailing_vertex(ray, best)
     return vertex is not None and round(vertex) <= best
 
 

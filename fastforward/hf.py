@@ -65,9 +65,9 @@ class FastForwardCallback(TrainerCallback):
             "ff/active": int(self.ff.active),
             "ff/interval": self.ff.current_interval,
         }
-        payoffs = [r.payoff for r in stats.history if r.payoff is not None]
-        if payoffs:  # cost_aware: the last stage's payoff, and whether it stepped aside
-            counters["ff/payoff"] = round(payoffs[-1], 4)
+        payoff = next((r.payoff for r in reversed(stats.history) if r.payoff is not None), None)
+        if payoff is not None:  # cost_aware: the last stage's payoff, and whether it stepped aside
+            counters["ff/payoff"] = round(payoff, 4)
             counters["ff/stepped_aside"] = int(stats.gave_up_because == "payoff")
         logs.update(counters)
         # Trainer appended this entry to log_history before calling us.

@@ -8,7 +8,8 @@ import math
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -120,8 +121,7 @@ class FastForward(Optimizer):
         patience: Stages in a row that accepted ``τ = 0`` before Fast Forward gives up for
             good; ``None`` never gives up (default: 3, as in the paper).
         search: How a stage looks for the best τ (default: ``"parabolic"``, the cheapest on the
-            benchmarks in ``docs/results.md``, with the same τ as linear search in every stage
-            measured):
+            benchmarks in ``docs/results.md``):
 
             - ``"linear"``: the paper's τ = 1, 2, 3, ...; ``τ* + 2`` evaluations.
             - ``"doubling"``: τ = 1, 2, 4, ... until the loss stops improving, then bisection
@@ -599,29 +599,21 @@ class FastForward(Optimizer):
         step = self.stats.optimizer_steps
         if not self._direction_usable(step):
             return
-        started = time.perf_counter()
-        self._progress = _Progress(started, next_report=PROGRESS_SECONDS)
         max_tau = self._max_tau_now()
-        self._in_stage = True
-        try:
-            with _eval_mode(self.model):
-                result = _run_stage(
-                    self._stage_params,
-                    self._delta,
-                    self._validation_loss,
-                    search=self.search,
-                    max_tau=max_tau,
-                    min_improvement=self.min_improvement,
-                    start=min(max(1, self._last_tau), max_tau),
-                    anchor=self._anchor,
-                    foreach=self.foreach,
-                    reversed_delta=True,
-                )
-        finally:
-            self._in_stage = False
-            seconds = time.perf_counter() - started
-            self.stats.stage_seconds += seconds
-            self._clock.exclude(seconds)
+        with self._validating() as progress:
+            result = _run_stage(
+                self._stage_params,
+                self._delta,
+                self._validation_loss,
+                search=self.search,
+                max_tau=max_tau,
+                min_improvement=self.min_improvement,
+                start=min(max(1, self._last_tau), max_tau),
+                anchor=self._anchor,
+                foreach=self.foreach,
+                reversed_delta=True,
+            )
+        seconds = progress.seconds
         if not math.isfinite(result.loss_before):
             loss = result.loss_before
             self._skip_stage(step, f"the validation loss at W_n is {loss}", logging.WARNING)
@@ -773,19 +765,28 @@ class FastForward(Optimizer):
 
     def _measure_reference(self, step: int) -> None:
         """``cost_aware``: the validation loss before the first stage, for training's rate."""
-        started = time.perf_counter()
-        self._progress = _Progress(started, next_report=PROGRESS_SECONDS)
+        self._reference = (step, math.nan)  # if the pass raises: nothing to measure against
+        with torch.no_grad(), self._validating():
+            self._reference = (step, self._validation_loss())
+
+    @contextmanager
+    def _validating(self) -> Iterator[_Progress]:
+        """A block of validation passes: a stage's, or the ``cost_aware`` reference's.
+
+        The model is in eval mode, ``step()`` and the wrapped step are refused, progress lines
+        are logged, and the wall time (``progress.seconds`` once the block has ended) counts as
+        stage time and is left out of the training step's.
+        """
+        progress = self._progress = _Progress(time.perf_counter(), next_report=PROGRESS_SECONDS)
         self._in_stage = True
-        loss = math.nan  # an exception leaves nothing to measure against: no payoff then
         try:
-            with torch.no_grad(), _eval_mode(self.model):
-                loss = self._validation_loss()
+            with _eval_mode(self.model):
+                yield progress
         finally:
             self._in_stage = False
-            seconds = time.perf_counter() - started
-            self.stats.stage_seconds += seconds
-            self._clock.exclude(seconds)
-            self._reference = (step, loss)
+            progress.seconds = time.perf_counter() - progress.started
+            self.stats.stage_seconds += progress.seconds
+            self._clock.exclude(progress.seconds)
 
     def _step_aside(self, record: StageRecord) -> None:
         self._give_up(record.step, "payoff")
@@ -926,6 +927,7 @@ class _Progress:
     started: float
     next_report: float  # seconds into the stage
     evaluations: int = 0
+    seconds: float = 0.0  # the whole stage's, once it has ended
 
 
 def _rank(group: Any) -> int | None:
