@@ -1,4 +1,4 @@
-"""Argument checks shared by the wrapper, the functional stage and the helpers.
+"""Argument checks of the wrapper, the functional stage and the helpers, all in one place.
 
 Each check names the argument it rejects and returns the value as a plain Python ``int``,
 ``float`` or ``str``: numpy scalars and ``str`` enums are accepted but never stored, so that
@@ -7,12 +7,15 @@ checkpoints hold only plain types and load with ``torch.load(weights_only=True)`
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import operator
+from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 MAX_TAU_LIMIT = 2**53
 """The largest ``max_tau`` accepted: every τ up to it is exact as a float64 step multiplier."""
@@ -114,3 +117,175 @@ def _checked_loss(value: object, name: str) -> float | Tensor:
         f"fastforward: {name} must return a Python number or a 0-dim tensor, "
         f"got {type(value).__name__}"
     )
+
+
+def _check_tau(tau: object, max_tau: int) -> int:
+    """A τ a search strategy evaluated, as an ``int`` in ``[0, max_tau]``."""
+    try:
+        if _is_bool(tau):
+            raise TypeError
+        index = operator.index(tau)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"fastforward: a search evaluated tau={tau!r}; tau must be an int"
+        ) from None
+    if not 0 <= index <= max_tau:
+        raise ValueError(
+            f"fastforward: a search evaluated tau={tau!r}; tau must be in [0, max_tau], "
+            f"max_tau={max_tau}"
+        )
+    return index
+
+
+def _distinct(
+    params: object, delta: object, anchor: object
+) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
+    """Check the parallel lists; keep the first entry of a tensor listed more than once.
+
+    A tensor listed twice (``[w, w]``, or tied weights listed once per module) would be moved
+    by ``2τΔ`` while the stage reports ``τ``: each tensor is moved exactly once.
+    """
+    params_ = _tensor_list("params", params)
+    delta_ = _tensor_list("delta", delta)
+    anchor_ = None if anchor is None else _tensor_list("anchor", anchor)
+    if not params_:
+        raise ValueError("fastforward: params is empty; pass the tensors the stage moves")
+    for name, tensors in (("delta", delta_), ("anchor", anchor_)):
+        if tensors is not None:
+            _check_parallel(name, tensors, params_)
+    first: dict[int, int] = {}  # id of a tensor -> index of its first entry
+    for i, p in enumerate(params_):
+        first.setdefault(id(p), i)
+    if len(first) == len(params_):
+        return params_, delta_, anchor_
+    keep = list(first.values())
+    return (
+        [params_[i] for i in keep],
+        [delta_[i] for i in keep],
+        None if anchor_ is None else [anchor_[i] for i in keep],
+    )
+
+
+def _tensor_list(name: str, tensors: object) -> list[Tensor]:
+    if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, Tensor) for t in tensors):
+        raise TypeError(f"fastforward: {name} must be a list of tensors")
+    return list(tensors)
+
+
+def _check_parallel(name: str, tensors: list[Tensor], params: list[Tensor]) -> None:
+    if len(tensors) != len(params):
+        raise ValueError(
+            f"fastforward: {name} has {len(tensors)} tensors for {len(params)} params; "
+            "pass one per parameter, in the same order"
+        )
+    for i, (p, t) in enumerate(zip(params, tensors, strict=True)):
+        if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+            raise ValueError(
+                f"fastforward: {name}[{i}] is {tuple(t.shape)} {t.dtype} on {t.device}, but "
+                f"params[{i}] is {tuple(p.shape)} {p.dtype} on {p.device}"
+            )
+
+
+def _check_kinds(optimizer: object, model: object, val_closure: object, on_stage: object) -> None:
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            "fastforward: optimizer must be a torch.optim.Optimizer, "
+            f"got {type(optimizer).__name__}"
+        )
+    usage = "FastForward(optimizer, model, val_closure, interval=6)"
+    if not isinstance(model, nn.Module):
+        hint = " (was model left out?)" if callable(model) and val_closure is None else ""
+        raise TypeError(
+            f"fastforward: model must be a torch.nn.Module, got {type(model).__name__}{hint}; "
+            f"the signature is {usage}"
+        )
+    if val_closure is None:
+        raise TypeError(
+            "fastforward: val_closure is required: a zero-argument callable returning the loss "
+            f"on the tiny validation set; the signature is {usage}"
+        )
+    if not callable(val_closure):
+        raise TypeError(
+            "fastforward: val_closure must be a zero-argument callable returning the validation "
+            f"loss, got {type(val_closure).__name__}"
+        )
+    if on_stage is not None and not callable(on_stage):
+        raise TypeError(
+            f"fastforward: on_stage must be callable or None, got {type(on_stage).__name__}"
+        )
+
+
+def _check_closure_signature(val_closure: Callable[..., object]) -> bool:
+    """Refuse a closure that needs arguments; whether it takes the keyword ``stage``.
+
+    An ``nn.Module`` is judged by its ``forward``, which its ``__call__`` forwards to.
+    """
+    target = val_closure.forward if isinstance(val_closure, nn.Module) else val_closure
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    stage = parameters.get("stage")
+    takes_stage = stage is not None and stage.kind in by_keyword
+    required = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and not (name == "stage" and takes_stage)
+    ]
+    if required:
+        raise TypeError(
+            "fastforward: val_closure is called with no arguments (or only stage=k), but its "
+            f"parameters {required} have no default; close over the validation batch instead, "
+            "e.g. with fastforward.validation_closure(model, [batch])"
+        )
+    return takes_stage
+
+
+def _check_owned_by(params: list[Tensor], model: nn.Module) -> None:
+    """A stage evaluates ``model``, so it must move the model's own tensors.
+
+    Fails when the optimizer was built on another copy of the model, or holds copies of its
+    own, e.g. the flat fp32 partitions that DeepSpeed ZeRO copies into the model after a step.
+    """
+    owned = {id(p) for p in model.parameters()}
+    strangers = sum(id(p) not in owned for p in params)
+    if strangers:
+        raise RuntimeError(
+            f"fastforward: {strangers} of the optimizer's {len(params)} trainable tensors are not "
+            "parameters of `model`, so a stage would move tensors that `model` does not use. "
+            "Build the optimizer on this model's parameters (not on a copy, nor before "
+            "get_peft_model or deepcopy); optimizers that keep master copies (DeepSpeed ZeRO) "
+            "are not supported, use DDP or FSDP"
+        )
+
+
+def _refuse_deferred_parameter_updates(optimizer: Optimizer) -> None:
+    """DeepSpeed ZeRO steps flat partitions and copies them into the model after ``step()``.
+
+    A stage inside ``step()`` would read and write stale weights, so refuse it outright.
+    """
+    if type(optimizer).__module__.split(".")[0] == "deepspeed":
+        raise TypeError(
+            f"fastforward: {type(optimizer).__name__} is a DeepSpeed optimizer, which updates the "
+            "model only after step() returns, so a Fast Forward stage would see stale weights; "
+            "wrap a torch.optim optimizer and use DDP or FSDP instead"
+        )
+
+
+def _check_interval_bounds(bounds: object, interval: int) -> tuple[int, int]:
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise TypeError(
+            "fastforward: adaptive_interval must be a (shortest, longest) pair of ints or None, "
+            f"got {bounds!r}"
+        )
+    shortest = _check_int("adaptive_interval[0]", bounds[0], 1)
+    longest = _check_int("adaptive_interval[1]", bounds[1], 1)
+    if not shortest <= interval <= longest:
+        raise ValueError(
+            f"fastforward: adaptive_interval {(shortest, longest)} must satisfy shortest <= "
+            f"interval ({interval}) <= longest"
+        )
+    return shortest, longest

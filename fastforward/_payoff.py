@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def stage_payoff(
@@ -63,3 +63,42 @@ class StepClock:
     def seconds_per_step(self) -> float | None:
         """The mean so far, or None before two ``step()`` calls."""
         return self.seconds / self.steps if self.steps else None
+
+
+@dataclass
+class CostAwareRule:
+    """What ``cost_aware`` measures to judge a stage: training's pace, and a pass's cost.
+
+    Attributes:
+        cost_ratio: A validation pass's cost in training steps; ``None`` measures it with
+            :attr:`clock`.
+        reference: The last measured ``(optimizer step, validation loss)``: the previous
+            stage's landing, or the pass before the first stage; ``None`` before that.
+        clock: The training step's wall time, stages left out.
+    """
+
+    cost_ratio: float | None
+    reference: tuple[int, float] | None = None
+    clock: StepClock = field(default_factory=StepClock)
+
+    def payoff(
+        self, step: int, loss_before: float, loss_after: float, evaluations: int, seconds: float
+    ) -> float | None:
+        """:func:`stage_payoff` of the stage after ``step`` that took ``seconds``.
+
+        None when there is nothing to measure against yet (no finite reference before
+        ``step``, or no measured training step).
+        """
+        if self.reference is None:
+            return None
+        reference_step, reference_loss = self.reference
+        ratio = self.cost_ratio
+        if ratio is None:
+            step_seconds = self.clock.seconds_per_step
+            if step_seconds is None or not step_seconds > 0:
+                return None
+            ratio = seconds / evaluations / step_seconds
+        if not math.isfinite(reference_loss) or step <= reference_step:
+            return None
+        training_gain = (reference_loss - loss_before) / (step - reference_step)
+        return stage_payoff(loss_before - loss_after, evaluations, ratio, training_gain)

@@ -202,7 +202,7 @@ def test_checkpoint_keeps_the_rule_and_its_reference():
     other.load_state_dict(model.state_dict())
     resumed = make(other)
     resumed.load_state_dict(state)
-    assert resumed._reference == ff._reference
+    assert resumed._cost.reference == ff._cost.reference
     _train(ff, model, 10)
     _train(resumed, other, 10)
     timeless = lambda records: [dataclasses.replace(r, seconds=0.0) for r in records]  # noqa: E731

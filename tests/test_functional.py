@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from reference import bitwise_equal
 
-from fastforward._functional import _max_abs, _reversed_delta_from_snapshot_, _set_point_
+from fastforward._kernels import _max_abs, _reversed_delta_from_snapshot_, _set_point_
 
 # w + τd rounds at most twice (τd, then the sum) when the kernel does not fuse it.
 ROUNDINGS = 2

@@ -148,16 +148,16 @@ def test_deepcopy_keeps_the_wrapper_working():
 def test_stage_buffers_are_two_copies_allocated_once_and_freed_on_giving_up():
     model, ff = _quadratic_ff(interval=1, patience=2)
     _one_step(model, ff)
-    buffers = [id(t) for t in ff._anchor + ff._delta]
+    buffers = [id(t) for t in ff._buffers.anchor + ff._buffers.delta]
     assert len(buffers) == 2 * len([model.x])
-    assert [(t.shape, t.dtype) for t in ff._anchor + ff._delta] == [
+    assert [(t.shape, t.dtype) for t in ff._buffers.anchor + ff._buffers.delta] == [
         (model.x.shape, model.x.dtype)
     ] * 2
     for _ in range(3):
         _one_step(model, ff)
-    assert [id(t) for t in ff._anchor + ff._delta] == buffers
+    assert [id(t) for t in ff._buffers.anchor + ff._buffers.delta] == buffers
     ff.val_closure = lambda: 0.0  # nothing improves: give up after two stages
     _one_step(model, ff)
     _one_step(model, ff)
     assert not ff.active
-    assert ff._anchor == ff._delta == []
+    assert ff._buffers.anchor == ff._buffers.delta == []

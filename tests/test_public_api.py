@@ -1,7 +1,12 @@
+import dataclasses
 import inspect
+
+import pytest
+import torch
 
 import fastforward
 import fastforward.functional
+from fastforward._config import Config
 
 
 def test_public_names_are_pinned():
@@ -45,3 +50,32 @@ def test_the_wrapper_and_the_functional_stage_share_the_default_search():
     wrapper = inspect.signature(fastforward.FastForward).parameters["search"].default
     functional = inspect.signature(fastforward.fast_forward_stage).parameters["search"].default
     assert wrapper == functional == "parabolic"
+
+
+def test_the_wrapper_signature_and_its_config_hold_the_same_hyperparameters_and_defaults():
+    wrapper = inspect.signature(fastforward.FastForward).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(Config)}
+    assert {name: wrapper[name].default for name in fields} == fields
+
+
+def test_hyperparameters_are_read_only_attributes_of_the_config():
+    model = torch.nn.Linear(2, 1)
+    ff = fastforward.FastForward(torch.optim.SGD(model.parameters(), lr=0.1), model, lambda: 0.0)
+    assert (ff.interval, ff.search) == (ff.config.interval, ff.config.search) == (6, "parabolic")
+    with pytest.raises(AttributeError):
+        ff.interval = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ff.config.interval = 3
+
+
+def test_shared_argument_descriptions_are_written_once_into_both_docstrings():
+    wrapper = inspect.getdoc(fastforward.FastForward) or ""
+    functional = inspect.getdoc(fastforward.fast_forward_stage) or ""
+    for name in ("search", "max_tau", "min_improvement", "foreach"):
+        described = [
+            line for line in functional.splitlines() if line.lstrip().startswith(f"{name}: ")
+        ]
+        assert len(described) == 1, name
+        assert described[0].strip() in wrapper
+        assert "{shared}" not in described[0]
+    assert "{shared}" not in wrapper + functional

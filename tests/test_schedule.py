@@ -1,9 +1,13 @@
-"""When stages run, when they do not, and the give-up rule."""
+"""When stages run, when they do not, and the give-up rule, against ``ReferenceFastForward``.
+
+The wrapper and the reference (tests/reference.py) train copies of one model side by side; every
+test checks the same stages, τs and stats and bitwise the same parameters after every step. The
+``test_reference_*`` examples pin the reference itself to the documented rules, by hand.
+"""
 
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
 
 import numpy as np
@@ -11,24 +15,112 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from reference import bitwise_equal
+from reference import ReferenceFastForward, all_bitwise_equal, parameters_of, without_timings
 from strategies import Quadratic, fixed_quadratic, quadratics
 
-from fastforward import FastForward
+from fastforward import SEARCH_STRATEGIES, FastForward
+from fastforward.functional import (
+    doubling_search,
+    linear_search,
+    parabolic_search,
+    warm_start_search,
+)
+
+SEARCHES = {
+    "linear": linear_search,
+    "doubling": doubling_search,
+    "parabolic": parabolic_search,
+    "warm_start": warm_start_search,
+}
 
 
-def _train(model, optimizer, steps):
+def _train(model, optimizer, steps, before_step=None):
     """Plain loop: backward on the training loss, ``optimizer.step()``, ``zero_grad()``.
 
-    Returns the parameter after every step.
+    ``before_step(n, model, optimizer)`` runs between the backward and step ``n``. Returns a copy
+    of every parameter after every step.
     """
     trajectory = []
-    for _ in range(steps):
+    for n in range(1, steps + 1):
         model().backward()
+        if before_step is not None:
+            before_step(n, model, optimizer)
         optimizer.step()
         optimizer.zero_grad()
-        trajectory.append(model.x.detach().clone())
+        trajectory.append(parameters_of(model))
     return trajectory
+
+
+def _training_loss(model, clock):
+    return model
+
+
+def _run(
+    kind,
+    spec,
+    steps,
+    *,
+    validation=_training_loss,
+    before_step=None,
+    optimizer=torch.optim.Adam,
+    lr=0.05,
+    **options,
+):
+    """A ``FastForward`` or ``ReferenceFastForward`` trained for ``steps`` steps from ``spec``.
+
+    ``validation(model, clock)`` builds its ``val_closure``; ``clock()`` is the number of
+    optimizer steps the run has taken. The run's ``trajectory`` holds the parameters after every
+    step.
+    """
+    model = Quadratic(spec)
+    owner = []
+    val_closure = validation(model, lambda: owner[0].stats.optimizer_steps)
+    run = kind(optimizer([model.x], lr=lr), model, val_closure, **options)
+    owner.append(run)
+    run.trajectory = _train(model, run, steps, before_step)
+    return run
+
+
+def _run_both(spec, steps, *, per_run=({}, {}), **options):
+    """The wrapper and the reference, trained alike; ``per_run`` adds options to each."""
+    kinds = (FastForward, ReferenceFastForward)
+    return [
+        _run(kind, spec, steps, **{**options, **extra})
+        for kind, extra in zip(kinds, per_run, strict=True)
+    ]
+
+
+def _assert_same_run(ff, reference):
+    """Same stats and stage records (timings aside), schedule state, and parameters every step."""
+    assert without_timings(ff.stats) == without_timings(reference.stats)
+    assert ff.active == reference.active
+    assert ff.current_interval == reference.current_interval
+    assert len(ff.trajectory) == len(reference.trajectory)
+    for n, (a, b) in enumerate(zip(ff.trajectory, reference.trajectory, strict=True), 1):
+        assert all_bitwise_equal(a, b), f"parameters differ after step {n}"
+
+
+class _CountingValidation:
+    """The training loss as validation loss; counts the calls after each optimizer step."""
+
+    def __init__(self, model, clock):
+        self.model, self.clock = model, clock
+        self.evaluated_after = Counter()
+
+    def __call__(self):
+        self.evaluated_after[self.clock()] += 1
+        return self.model()
+
+
+class _RecordingSearch:
+    """A built-in strategy that records the ``(max_tau, start)`` of every stage."""
+
+    def __init__(self, name):
+        self.strategy, self.calls = SEARCHES[name], []
+
+    def __call__(self, ray, max_tau, start):
+        self.calls.append((max_tau, start))
+        self.strategy(ray, max_tau, start)
 
 
 @given(
@@ -39,24 +131,69 @@ def _train(model, optimizer, steps):
 )
 def test_stages_run_exactly_after_the_scheduled_steps(spec, interval, warmup, steps):
     assume(not np.array_equal(spec.x0, spec.x_star))
-    model = Quadratic(spec)
-    evaluated_after = Counter()
-    adam = torch.optim.Adam([model.x], lr=0.05)
-
-    def val_closure():
-        evaluated_after[ff.stats.optimizer_steps] += 1
-        return model()
-
-    ff = FastForward(adam, model, val_closure, interval, warmup=warmup, patience=None)
-    _train(model, ff, steps)
-
-    expected = [n for n in range(1, steps + 1) if n > warmup and (n - warmup) % interval == 0]
-    assert sorted(evaluated_after) == expected
+    ff, reference = _run_both(
+        spec, steps, validation=_CountingValidation, interval=interval, warmup=warmup, patience=None
+    )
+    _assert_same_run(ff, reference)
+    evaluated_after = ff.val_closure.evaluated_after
+    assert evaluated_after == reference.val_closure.evaluated_after
     assert ff.stats.skipped_stages == 0
     assert [r.step for r in ff.stats.history] == sorted(evaluated_after)
     assert ff.stats.optimizer_steps == steps
     assert ff.stats.evaluations == sum(evaluated_after.values())
     assert ff.stats.simulated_steps == sum(r.tau for r in ff.stats.history)
+
+
+@st.composite
+def _options(draw):
+    """Any combination of the schedule's options, for intervals of at most 5."""
+    interval = draw(st.integers(1, 5))
+    adaptive = draw(st.booleans())
+    return {
+        "interval": interval,
+        "warmup": draw(st.integers(0, 4)),
+        "max_tau": draw(st.integers(1, 60)),
+        "max_tau_ratio": draw(st.none() | st.floats(0.05, 5.0)),
+        "adaptive_interval": (
+            (draw(st.integers(1, interval)), interval + draw(st.integers(0, 6)))
+            if adaptive
+            else None
+        ),
+        "patience": draw(st.none() | st.integers(1, 3)),
+        "search": draw(st.sampled_from(SEARCH_STRATEGIES)),
+        "min_improvement": draw(st.sampled_from([0.0, 1e-3, 0.05, 0.3])),  # 0.3: give up
+    }
+
+
+@given(
+    spec=quadratics(),
+    options=_options(),
+    steps=st.integers(5, 30),
+    lr=st.floats(1e-3, 0.5),
+    paused=st.sets(st.integers(1, 30), max_size=6),
+    record_search=st.booleans(),
+)
+def test_wrapper_matches_the_reference_under_every_option(
+    spec, options, steps, lr, paused, record_search
+):
+    """Also with ``enabled=False`` between some steps: the schedule waits and resumes."""
+
+    def pause(n, model, optimizer):
+        optimizer.enabled = n not in paused
+
+    searches = [_RecordingSearch(options["search"]) for _ in range(2)]
+    runs = _run_both(
+        spec,
+        steps,
+        before_step=pause,
+        lr=lr,
+        per_run=[{"search": s} for s in searches] if record_search else ({}, {}),
+        **options,
+    )
+    _assert_same_run(*runs)
+    if record_search:
+        assert searches[0].calls == searches[1].calls
+        assert len(searches[0].calls) == runs[0].stats.stages
 
 
 @given(spec=quadratics(), steps=st.integers(1, 20), lr=st.floats(1e-3, 0.5))
@@ -74,7 +211,7 @@ def test_disabled_wrapper_is_bitwise_the_bare_optimizer(spec, steps, lr):
     trajectory = _train(model, ff, steps)
     bare = _train(bare_model, torch.optim.Adam([bare_model.x], lr=lr), steps)
 
-    assert all(bitwise_equal(a, b) for a, b in zip(trajectory, bare, strict=True))
+    assert all(all_bitwise_equal(a, b) for a, b in zip(trajectory, bare, strict=True))
     assert evaluations == []
     assert ff.stats.optimizer_steps == steps
 
@@ -86,7 +223,7 @@ def test_warmup_longer_than_training_is_bitwise_the_bare_optimizer(spec, steps, 
     ff = FastForward(torch.optim.Adam([model.x], lr=lr), model, model, interval=1, warmup=steps)
     trajectory = _train(model, ff, steps)
     bare = _train(bare_model, torch.optim.Adam([bare_model.x], lr=lr), steps)
-    assert all(bitwise_equal(a, b) for a, b in zip(trajectory, bare, strict=True))
+    assert all(all_bitwise_equal(a, b) for a, b in zip(trajectory, bare, strict=True))
 
 
 def test_step_forwards_the_training_closure_once_and_returns_its_loss():
@@ -112,27 +249,16 @@ class _ScriptedValidation:
     Per stage it answers 1.0 at τ = 0, then 0.5 (improves) or 2.0 (does not), then 3.0.
     """
 
-    def __init__(self, improves):
-        self.improves = improves
+    def __init__(self, improves, clock):
+        self.improves, self.clock = improves, clock
         self.calls_per_stage = Counter()
-        self.ff = None
 
     def __call__(self):
-        step = self.ff.stats.optimizer_steps
+        step = self.clock()
         self.calls_per_stage[step] += 1
         stage_index = len(self.calls_per_stage) - 1
         losses = [1.0, 0.5 if self.improves[stage_index] else 2.0, 3.0]
         return losses[self.calls_per_stage[step] - 1]
-
-
-def _expected_give_up(improves, patience):
-    """Index of the stage after which the rule fires, or None."""
-    in_a_row = 0
-    for index, improved in enumerate(improves):
-        in_a_row = 0 if improved else in_a_row + 1
-        if in_a_row == patience:
-            return index
-    return None
 
 
 @given(
@@ -141,39 +267,74 @@ def _expected_give_up(improves, patience):
     interval=st.integers(1, 3),
 )
 def test_gives_up_after_patience_failed_stages_in_a_row(improves, patience, interval):
-    model = Quadratic(fixed_quadratic())
-    validation = _ScriptedValidation(improves)
-    adam = torch.optim.Adam([model.x], lr=0.01)
-    ff = FastForward(adam, model, validation, interval, patience=patience)
-    validation.ff = ff
-    _train(model, ff, len(improves) * interval)
-
-    last = _expected_give_up(improves, patience)
-    ran = len(improves) if last is None else last + 1
-    assert ff.stats.stages == ran
+    ff, reference = _run_both(
+        fixed_quadratic(),
+        len(improves) * interval,
+        validation=lambda model, clock: _ScriptedValidation(improves, clock),
+        lr=0.01,
+        interval=interval,
+        patience=patience,
+    )
+    _assert_same_run(ff, reference)
+    ran = ff.stats.stages
     assert [r.tau for r in ff.stats.history] == [int(i) for i in improves[:ran]]
-    assert ff.active == (last is None)
-    assert ff.stats.gave_up_at_step == (None if last is None else (last + 1) * interval)
+    assert ff.stats.gave_up_at_step == (None if ff.active else ran * interval)
+
+
+@pytest.mark.parametrize(
+    ("improves", "patience", "stages", "gave_up_at_step"),
+    [
+        # fail, fail: off after stage 2 (step 4), stage 3 never runs
+        ([False, False, True], 2, 2, 4),
+        # fail, improve (resets the count), fail, fail: off after stage 4 (step 8)
+        ([False, True, False, False, True], 2, 4, 8),
+        # never two failures in a row: every stage runs
+        ([False, True, False, True], 2, 4, None),
+        ([False, False, False], 1, 1, 2),
+    ],
+    ids=["two-in-a-row", "count-resets", "never", "patience-1"],
+)
+def test_reference_gives_up_by_hand(improves, patience, stages, gave_up_at_step):
+    reference = _run(
+        ReferenceFastForward,
+        fixed_quadratic(),
+        2 * len(improves),
+        validation=lambda model, clock: _ScriptedValidation(improves, clock),
+        lr=0.01,
+        interval=2,
+        patience=patience,
+    )
+    assert reference.stats.stages == stages
+    assert reference.stats.gave_up_at_step == gave_up_at_step
+    assert reference.active == (gave_up_at_step is None)
 
 
 @given(spec=quadratics(), steps_after=st.integers(1, 10), patience=st.integers(1, 3))
 def test_after_giving_up_the_wrapper_is_bitwise_the_bare_optimizer(spec, steps_after, patience):
+    """Every stage fails (the validation loss is flat), so stage ``patience`` is the last."""
     assume(not np.array_equal(spec.x0, spec.x_star))
-    model = Quadratic(spec)
-    adam = torch.optim.Adam([model.x], lr=0.05)
-    ff = FastForward(adam, model, lambda: 0.0, interval=2, patience=patience)
-    _train(model, ff, 2 * patience)
+    ff, reference = _run_both(
+        spec,
+        2 * patience + steps_after,
+        validation=lambda model, clock: lambda: 0.0,
+        interval=2,
+        patience=patience,
+    )
+    _assert_same_run(ff, reference)
     assert not ff.active
     assert ff.stats.gave_up_at_step == 2 * patience
-
-    bare_model = copy.deepcopy(model)
-    bare = copy.deepcopy(adam)
-    bare.param_groups[0]["params"] = [bare_model.x]
-    bare.state = {bare_model.x: bare.state[next(iter(bare.state))]}
-    trajectory = _train(model, ff, steps_after)
-    expected = _train(bare_model, bare, steps_after)
-    assert all(bitwise_equal(a, b) for a, b in zip(trajectory, expected, strict=True))
     assert ff.stats.stages == patience
+
+
+def test_reference_after_giving_up_is_the_bare_optimizer():
+    model = Quadratic(fixed_quadratic())
+    bare_model = copy.deepcopy(model)
+    adam = torch.optim.Adam([model.x], lr=0.05)
+    reference = ReferenceFastForward(adam, model, lambda: 0.0, interval=1, patience=1)
+    trajectory = _train(model, reference, 6)
+    bare = _train(bare_model, torch.optim.Adam([bare_model.x], lr=0.05), 6)
+    assert reference.stats.gave_up_at_step == 1
+    assert all(all_bitwise_equal(a, b) for a, b in zip(trajectory, bare, strict=True))
 
 
 class _ScriptedTaus:
@@ -183,32 +344,15 @@ class _ScriptedTaus:
     loss ``(i - taus[k])**2`` along the ray has its integer minimiser at ``taus[k]``.
     """
 
-    def __init__(self, taus):
-        self.taus = taus
+    def __init__(self, taus, clock):
+        self.taus, self.clock = taus, clock
         self.calls_per_stage = Counter()
-        self.ff = None
 
     def __call__(self):
-        step = self.ff.stats.optimizer_steps
+        step = self.clock()
         self.calls_per_stage[step] += 1
         target = self.taus[len(self.calls_per_stage) - 1]
         return float((self.calls_per_stage[step] - 1 - target) ** 2)
-
-
-def _expected_adaptive_schedule(taus, interval, shortest, longest, warmup, steps):
-    """The documented rule, step by step: (steps after which stages ran, final interval)."""
-    stages, last = [], warmup
-    for step in range(1, steps + 1):
-        if len(stages) == len(taus) or step - last < interval:
-            continue
-        tau = taus[len(stages)]
-        stages.append(step)
-        last = step
-        if tau >= interval:
-            interval = max(shortest, interval // 2)
-        elif tau <= 1:
-            interval = min(longest, interval * 2)
-    return stages, interval
 
 
 @given(
@@ -222,29 +366,42 @@ def test_adaptive_interval_halves_after_long_stages_and_doubles_after_short_ones
     shortest, above, beyond = bounds
     interval, longest = shortest + above, shortest + above + beyond
     steps = warmup + longest * len(taus)
-    expected_steps, expected_interval = _expected_adaptive_schedule(
-        taus, interval, shortest, longest, warmup, steps
-    )
-    model = Quadratic(fixed_quadratic())
-    validation = _ScriptedTaus(taus + [0] * steps)  # stages beyond the script: τ = 0
-    ff = FastForward(
-        torch.optim.Adam([model.x], lr=0.01),
-        model,
-        validation,
-        interval,
+    script = taus + [0] * steps  # stages beyond the script: τ = 0
+    ff, reference = _run_both(
+        fixed_quadratic(),
+        steps,
+        validation=lambda model, clock: _ScriptedTaus(script, clock),
+        lr=0.01,
+        interval=interval,
         warmup=warmup,
         adaptive_interval=(shortest, longest),
         patience=None,
         search="linear",
     )
-    validation.ff = ff
-    _train(model, ff, steps)
-
-    ran = [r.step for r in ff.stats.history]
-    assert ran[: len(expected_steps)] == expected_steps
+    _assert_same_run(ff, reference)
     assert [r.tau for r in ff.stats.history[: len(taus)]] == taus
-    if len(ran) == len(taus):
-        assert ff.current_interval == expected_interval
+    assert len(ff.stats.history) >= len(taus)  # longest steps apart at most
+
+
+def test_reference_adapts_the_interval_by_hand():
+    """interval 4 in (2, 8), warmup 1: the stages after steps 5 (τ=5 ≥ 4: 4 -> 2),
+    7 (τ=0: 2 -> 4), 11 (τ=1: 4 -> 8), 19 (τ=2: stays 8), 27 (τ=8 ≥ 8: 8 -> 4),
+    31 (τ=0: 4 -> 8); the next would follow step 39."""
+    reference = _run(
+        ReferenceFastForward,
+        fixed_quadratic(),
+        36,
+        validation=lambda model, clock: _ScriptedTaus([5, 0, 1, 2, 8, 0], clock),
+        lr=0.01,
+        interval=4,
+        warmup=1,
+        adaptive_interval=(2, 8),
+        patience=None,
+        search="linear",
+    )
+    expected = [(5, 5), (7, 0), (11, 1), (19, 2), (27, 8), (31, 0)]
+    assert [(r.step, r.tau) for r in reference.stats.history] == expected
+    assert reference.current_interval == 8
 
 
 @given(
@@ -254,34 +411,145 @@ def test_adaptive_interval_halves_after_long_stages_and_doubles_after_short_ones
     adaptive=st.booleans(),
 )
 def test_max_tau_ratio_caps_tau_at_that_many_current_intervals(interval, ratio, max_tau, adaptive):
-    steps, longest = 40, 16
-    model = Quadratic(fixed_quadratic())
-    validation = _ScriptedTaus([1000] * steps)  # keeps improving far past any cap
-    ff = FastForward(
-        torch.optim.Adam([model.x], lr=0.01),
-        model,
-        validation,
-        interval,
+    """Also: the search is told that cap, and the previous τ (capped) as its start."""
+    steps = 40
+    searches = [_RecordingSearch("linear") for _ in range(2)]
+    runs = _run_both(
+        fixed_quadratic(),
+        steps,
+        validation=lambda model, clock: _ScriptedTaus([1000] * steps, clock),
+        lr=0.01,
+        per_run=[{"search": search} for search in searches],
+        interval=interval,
         max_tau=max_tau,
         max_tau_ratio=ratio,
-        adaptive_interval=(1, longest) if adaptive else None,
-        search="linear",
+        adaptive_interval=(1, 16) if adaptive else None,
     )
-    validation.ff = ff
-    _train(model, ff, steps)
+    ff, reference = runs
+    _assert_same_run(ff, reference)
+    assert searches[0].calls == searches[1].calls
+    # The scripted loss keeps falling, so every stage runs into its cap.
+    assert [max_tau_now for max_tau_now, _ in searches[0].calls] == [
+        r.tau for r in ff.stats.history
+    ]
 
-    expected, last, current = [], 0, interval  # (step, τ) of each stage, by the documented rule
-    for step in range(1, steps + 1):
-        if step - last < current:
-            continue
-        tau = min(max_tau, max(1, math.floor(ratio * current)))
-        expected.append((step, tau))
-        last = step
-        if adaptive and tau >= current:
-            current = max(1, current // 2)
-        elif adaptive and tau <= 1:
-            current = min(longest, current * 2)
-    assert [(record.step, record.tau) for record in ff.stats.history] == expected
+
+@pytest.mark.parametrize(
+    ("ratio", "max_tau", "caps"),
+    [
+        (None, 7, [7, 7, 7]),
+        (0.5, 100, [2, 2, 2]),  # floor(0.5 * 5)
+        (0.1, 100, [1, 1, 1]),  # floor(0.1 * 5) = 0, but at least 1
+        (3.0, 9, [9, 9, 9]),  # 15 > max_tau
+        (1.0, 100, [5, 5, 5]),
+    ],
+    ids=["no-ratio", "half", "at-least-one", "at-most-max-tau", "one-interval"],
+)
+def test_reference_caps_tau_by_hand(ratio, max_tau, caps):
+    """interval 5; the validation loss keeps falling along Δ, so each stage reaches its cap."""
+    search = _RecordingSearch("linear")
+    reference = _run(
+        ReferenceFastForward,
+        fixed_quadratic(),
+        15,
+        validation=lambda model, clock: _ScriptedTaus([1000] * 3, clock),
+        lr=0.01,
+        interval=5,
+        max_tau=max_tau,
+        max_tau_ratio=ratio,
+        search=search,
+    )
+    assert [r.tau for r in reference.stats.history] == caps
+    assert search.calls == [(caps[0], 1), (caps[1], caps[0]), (caps[2], caps[1])]
+
+
+def test_reference_schedule_by_hand():
+    """interval 3, warmup 2: stages after steps 5, 8, 11 (and none in the warmup)."""
+    reference = _run(
+        ReferenceFastForward,
+        fixed_quadratic(),
+        13,
+        validation=_CountingValidation,
+        interval=3,
+        warmup=2,
+        patience=None,
+    )
+    assert sorted(reference.val_closure.evaluated_after) == [5, 8, 11]
+    assert [r.step for r in reference.stats.history] == [5, 8, 11]
+
+
+_EVENTS = ("train", "zero_update", "nan_validation", "inf_gradient")
+
+
+def _events_hook(events):
+    """Before step ``n``: ``events[n - 1]`` decides what the step and its stage see."""
+
+    def before_step(n, model, optimizer):
+        event = events[n - 1]
+        if event == "zero_update":
+            model.x.grad.zero_()  # plain SGD: Δ = 0
+        elif event == "inf_gradient":
+            model.x.grad.fill_(float("inf"))  # Δ = -inf, and NaN ever after
+
+    return before_step
+
+
+class _EventValidation:
+    """The training loss, or NaN after a step whose event is ``"nan_validation"``."""
+
+    def __init__(self, model, clock, events):
+        self.model, self.clock, self.events = model, clock, events
+
+    def __call__(self):
+        return float("nan") if self.events[self.clock() - 1] == "nan_validation" else self.model()
+
+
+@given(
+    spec=quadratics(),
+    events=st.lists(st.sampled_from(_EVENTS[:3]), max_size=15).flatmap(
+        lambda events: st.sampled_from([events, [*events, "inf_gradient", "train", "train"]])
+    ),
+    interval=st.integers(1, 3),
+    patience=st.none() | st.integers(1, 3),
+)
+def test_skipped_stages_match_the_reference(spec, events, interval, patience):
+    """Δ all zero, Δ not finite, or L_0 not finite: no stage; not a failed stage either."""
+    assume(not np.array_equal(spec.x0, spec.x_star))
+    runs = _run_both(
+        spec,
+        len(events),
+        validation=lambda model, clock: _EventValidation(model, clock, events),
+        before_step=_events_hook(events),
+        optimizer=torch.optim.SGD,
+        interval=interval,
+        patience=patience,
+    )
+    _assert_same_run(*runs)
+
+
+@pytest.mark.parametrize(
+    ("events", "stages", "skipped"),
+    [
+        (["train", "zero_update", "train"], 2, 1),
+        (["train", "nan_validation", "train"], 2, 1),
+        (["train", "inf_gradient", "train", "train"], 1, 3),  # NaN from then on
+    ],
+    ids=["zero-update", "nan-validation-loss", "inf-update"],
+)
+def test_reference_skips_stages_by_hand(events, stages, skipped):
+    reference = _run(
+        ReferenceFastForward,
+        fixed_quadratic(),
+        len(events),
+        validation=lambda model, clock: _EventValidation(model, clock, events),
+        before_step=_events_hook(events),
+        optimizer=torch.optim.SGD,
+        interval=1,
+        patience=1,
+        min_improvement=0.0,
+    )
+    assert (reference.stats.stages, reference.stats.skipped_stages) == (stages, skipped)
+    assert reference.active  # a skipped stage is no failed stage
 
 
 @pytest.mark.parametrize(("min_improvement", "tau"), [(None, 0), (1e-4, 1), (0.0, 1)])

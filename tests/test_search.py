@@ -10,7 +10,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from reference import bitwise_equal, integer_minimiser
 
-from fastforward._stage import SEARCHES, Ray
+from fastforward._search import SEARCHES
+from fastforward.functional import Ray
 
 # A tie φ(τ) = φ(τ-1) is decided by rounding; keep the continuous minimiser away from half-integers.
 TIE_MARGIN = 1e-6

@@ -128,8 +128,8 @@ def test_bfloat16_weights_stage_lowers_the_loss_without_accumulating_rounding():
     (record,) = ff.stats.history
     assert record.tau > 10  # a long stage, where x += Δ repeated would drift
     assert record.loss_after < record.loss_before
-    anchor = ff._anchor[0]
-    expected = anchor.clone().add_(ff._delta[0], alpha=-record.tau)  # the buffer holds -Δ
+    anchor = ff._buffers.anchor[0]
+    expected = anchor.clone().add_(ff._buffers.delta[0], alpha=-record.tau)  # the buffer holds -Δ
     assert bitwise_equal(next(model.parameters()).detach(), expected)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from strategies import Quadratic, fixed_quadratic, train
 
-import fastforward.wrapper
+import fastforward._logs
 from fastforward import FastForward
 
 
@@ -58,7 +58,7 @@ def test_a_stage_the_margin_turned_down_records_and_logs_its_best_point(caplog):
 
 
 def test_a_long_stage_reports_progress(caplog, monkeypatch):
-    monkeypatch.setattr(fastforward.wrapper, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(fastforward._logs, "PROGRESS_SECONDS", 0.0)
     with caplog.at_level(logging.DEBUG, logger="fastforward"):
         ff = _run(3)
     passes = ff.stats.history[0].evaluations

@@ -9,18 +9,26 @@ bits and exists for tensor types without ``_foreach`` support.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 
-def _copy_(dst: list[Tensor], src: list[Tensor], *, foreach: bool) -> None:
-    """``dst[i] <- src[i]``, bit for bit."""
+def _pairwise_(
+    method: str, dst: list[Tensor], src: list[Tensor], *, foreach: bool, **kw: Any
+) -> None:
+    """``dst[i].<method>_(src[i], **kw)`` for every ``i``: one ``_foreach`` kernel, or a loop."""
     if foreach:
-        torch._foreach_copy_(dst, src)
+        getattr(torch, f"_foreach_{method}_")(dst, src, **kw)
     else:
         for d, s in zip(dst, src, strict=True):
-            d.copy_(s)
+            getattr(d, f"{method}_")(s, **kw)
+
+
+def _copy_(dst: list[Tensor], src: list[Tensor], *, foreach: bool) -> None:
+    """``dst[i] <- src[i]``, bit for bit."""
+    _pairwise_("copy", dst, src, foreach=foreach)
 
 
 def _reversed_delta_from_snapshot_(
@@ -31,11 +39,7 @@ def _reversed_delta_from_snapshot_(
     A point is then ``W_n + (-τ)(-Δ)``, which IEEE arithmetic rounds exactly as ``W_n + τΔ``
     (negation is exact, and rounding is symmetric about zero).
     """
-    if foreach:
-        torch._foreach_sub_(snapshot, params)
-    else:
-        for s, p in zip(snapshot, params, strict=True):
-            s.sub_(p)
+    _pairwise_("sub", snapshot, params, foreach=foreach)
 
 
 def _set_point_(
@@ -58,12 +62,7 @@ def _set_point_(
     _copy_(params, anchor, foreach=foreach)
     if tau == 0:
         return
-    alpha = -tau if reversed_delta else tau
-    if foreach:
-        torch._foreach_add_(params, delta, alpha=alpha)
-    else:
-        for p, d in zip(params, delta, strict=True):
-            p.add_(d, alpha=alpha)
+    _pairwise_("add", params, delta, foreach=foreach, alpha=-tau if reversed_delta else tau)
 
 
 def _max_abs(tensors: list[Tensor]) -> float:

@@ -1,0 +1,88 @@
+"""The wrapper's own entry in ``state_dict()``: what it holds, written and read back checked.
+
+The wrapped optimizer's ``state_dict`` is returned as it is, with one extra top-level entry,
+:data:`WRAPPER`, so that loading the dict into a bare optimizer of the same class only needs that
+entry removed, and the base's per-parameter ``state`` never holds a key of ours. The entry holds
+plain dicts, lists and numbers, for ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastforward._checks import _check_int, _is_bool
+from fastforward._config import Config, Schedule
+from fastforward._search import SearchStrategy
+from fastforward._stats import FastForwardStats
+
+WRAPPER = "fastforward"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class WrapperState:
+    """Everything a checkpoint restores in the wrapper: nothing of the wrapped optimizer.
+
+    ``reference`` is ``cost_aware``'s last measured ``(step, validation loss)``.
+    """
+
+    config: Config
+    schedule: Schedule
+    enabled: bool
+    reference: tuple[int, float] | None
+    stats: FastForwardStats
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "hyperparameters": self.config.to_dict(),
+            "enabled": self.enabled,
+            **self.schedule.to_dict(),
+            "reference": None if self.reference is None else list(self.reference),
+            "stats": self.stats.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: object, own_search: str | SearchStrategy) -> WrapperState:
+        """Inverse of :meth:`to_dict`, every field checked; ``own_search`` as in ``Config``.
+
+        Raises:
+            ValueError: naming the first field that is missing or has a wrong type or value.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"fastforward: the {WRAPPER!r} entry of the state_dict must be a dict, "
+                f"got {type(state).__name__}"
+            )
+        version = state.get("version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"fastforward: state_dict format version {version!r} is not supported "
+                f"(this version reads {FORMAT_VERSION})"
+            )
+        try:
+            config = Config.from_dict(dict(state["hyperparameters"]), own_search)
+            stats = FastForwardStats.from_dict(state["stats"])
+            enabled = state["enabled"]
+            if not isinstance(enabled, bool):
+                raise TypeError(f"enabled must be a bool, got {enabled!r}")
+            schedule = Schedule.from_dict(state, config, stats.optimizer_steps)
+            reference = _saved_reference(state.get("reference"))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"fastforward: the {WRAPPER!r} entry of the state_dict is malformed: {error!r}"
+            ) from error
+        return cls(config, schedule, enabled, reference, stats)
+
+
+def _saved_reference(value: object) -> tuple[int, float] | None:
+    """A saved ``[step, loss]`` pair (the loss may be NaN), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise TypeError(f"reference must be [step, loss] or None, got {value!r}")
+    step, loss = value
+    if _is_bool(loss) or not isinstance(loss, (int, float)):
+        raise TypeError(f"reference loss must be a number, got {loss!r}")
+    return _check_int("reference", step, 0), float(loss)
