@@ -7,7 +7,6 @@ import logging
 import math
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, overload
@@ -41,34 +40,12 @@ from fastforward._logs import (
 from fastforward._modes import _eval_mode
 from fastforward._payoff import CostAwareRule
 from fastforward._search import DEFAULT_SEARCH, SearchStrategy
+from fastforward._sharing import BaseStepGuard, SharedContainer, refuse_second_wrapper
 from fastforward._stage import DEFAULT_MIN_IMPROVEMENT, run_stage
 from fastforward._stats import FastForwardStats, StageRecord
 
 ValClosure = Callable[..., "float | Tensor"]
 StageCallback = Callable[[StageRecord], None]
-
-
-class _SharedContainer:
-    """``param_groups``, ``state`` or ``defaults`` of the wrapped optimizer: the same object.
-
-    Until ``optimizer`` is set, ``Optimizer.__init__`` fills private ones of the wrapper's own.
-    """
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name, self.own = name, f"_init_{name}"
-
-    def __get__(self, wrapper: Any, owner: type | None = None) -> Any:
-        if wrapper is None:
-            return self
-        base = wrapper.__dict__.get("optimizer")
-        return wrapper.__dict__[self.own] if base is None else getattr(base, self.name)
-
-    def __set__(self, wrapper: Any, value: Any) -> None:
-        base = wrapper.__dict__.get("optimizer")
-        if base is None:
-            wrapper.__dict__[self.own] = value
-        else:
-            setattr(base, self.name, value)
 
 
 @shares_args
@@ -196,7 +173,7 @@ class FastForward(Optimizer):
         _check_kinds(optimizer, model, val_closure, on_stage)
         assert val_closure is not None  # for mypy: _check_kinds refuses None
         _refuse_deferred_parameter_updates(optimizer)
-        _refuse_second_wrapper(optimizer)
+        refuse_second_wrapper(optimizer)
         config = Config(  # the hyperparameters, checked: the fields in the signature's order
             *(interval, warmup, max_tau, max_tau_ratio, adaptive_interval, patience, search),
             *(min_improvement, cost_aware, cost_ratio),
@@ -239,9 +216,9 @@ class FastForward(Optimizer):
 
     # The wrapped optimizer's containers, read on every access: the wrapper never holds a copy
     # that could go stale (the wrapped optimizer's own load_state_dict replaces them).
-    param_groups = _SharedContainer()
-    state = _SharedContainer()
-    defaults = _SharedContainer()
+    param_groups = SharedContainer()
+    state = SharedContainer()
+    defaults = SharedContainer()
 
     @property
     def enabled(self) -> bool:
@@ -431,8 +408,8 @@ class FastForward(Optimizer):
     def _guard_base_steps(self) -> None:
         """Hook the wrapped optimizer's step: refused during a stage, a warning if not ours."""
         hooks = self.optimizer._optimizer_step_pre_hooks
-        if not any(isinstance(h, _BaseStepGuard) and h.wrapper() is self for h in hooks.values()):
-            self.optimizer.register_step_pre_hook(_BaseStepGuard(self))
+        if not any(isinstance(h, BaseStepGuard) and h.wrapper() is self for h in hooks.values()):
+            self.optimizer.register_step_pre_hook(BaseStepGuard(self))
 
     def _before_base_step(self) -> None:
         self._refuse_during_stage(f"{type(self.optimizer).__name__}.step()")
@@ -603,28 +580,3 @@ def _run_stages_eagerly() -> None:
         eager = torch.compiler.disable(FastForward.__dict__[name])  # type: ignore[no-untyped-call]
         setattr(FastForward, name, eager)
     FastForward._stages_run_eagerly = True  # type: ignore[attr-defined]
-
-
-class _BaseStepGuard:
-    """A step pre-hook on the wrapped optimizer, holding its wrapper weakly.
-
-    Weakly, so that a wrapper the user dropped is freed and the optimizer can be wrapped again.
-    """
-
-    def __init__(self, wrapper: FastForward) -> None:
-        self.wrapper = weakref.ref(wrapper)
-
-    def __call__(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        wrapper = self.wrapper()
-        if wrapper is not None:
-            wrapper._before_base_step()
-
-
-def _refuse_second_wrapper(optimizer: Optimizer) -> None:
-    for hook in optimizer._optimizer_step_pre_hooks.values():
-        if isinstance(hook, _BaseStepGuard) and hook.wrapper() is not None:
-            raise ValueError(
-                "fastforward: optimizer is already wrapped by another FastForward that is still "
-                "alive; two wrappers would each run stages. Use the existing wrapper, or drop "
-                "every reference to it first"
-            )
