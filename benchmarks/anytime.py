@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from benchmarks.harness import TOLERANCE
+
 FRACTIONS = (0.10, 0.25, 0.50, 1.00)  # of Adam's budget: where losses are compared
 TARGET_FRACTIONS = (0.25, 0.50, 1.00)  # Adam's loss at these budgets: the targets to reach
-TOLERANCE = 1e-4  # the paper's ε: a loss within it of the target has reached the target
 # A run stopped at a budget may overshoot it by the parameter moves of its last pass (2 FLOPs
 # per trainable element, ~1e-8 of the budget in bench_llm): such a point is within the budget.
 BUDGET_SLACK = 1e-6

@@ -13,7 +13,7 @@ Two studies share the same model, data and measurements:
 
 The tuned lr is the one whose Adam run ends with the lowest test loss. Test loss is measured
 every ``TEST_EVERY`` steps (right after the stages, which run every 6) on ``N_TEST`` held-out
-examples; FLOPs are measured per unit with ``FlopCounterMode`` as in ``bench_reproduce.py``.
+examples; FLOPs are measured per unit with ``FlopCounterMode`` (``harness.unit_costs``).
 Each run is one JSON under ``results/budget/runs/``, named by its learning rate and its options
 that differ from the library's defaults; a run whose JSON exists is not run again, so the tables
 can be rebuilt alone. After changing the library, pass ``--fresh`` (deletes them first).
@@ -26,7 +26,6 @@ can be rebuilt alone. After changing the library, pass ``--fresh`` (deletes them
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import itertools
 import json
@@ -44,14 +43,14 @@ import torch
 
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import budget_report
-from benchmarks.bench_reproduce import PAPER_LR, Spec, build, unit_costs
+from benchmarks import budget_report, harness
+from benchmarks.harness import PAPER_LR
 from fastforward import FastForward, validation_closure
 
 if TYPE_CHECKING:
     from benchmarks import lm
 
-OUT = Path(__file__).resolve().parent / "results" / "budget"
+OUT = harness.RESULTS / "budget"
 N_TRAIN, N_TEST, EPOCHS, BATCH = 2048, 250, 5, 128
 TEST_EVERY = 6
 VAL_POOL = 4  # rotation: stages cycle through 4 disjoint groups of 32 held-out examples
@@ -113,35 +112,37 @@ class Outcome:
 
 
 def train(
-    run: Run, base: torch.nn.Module, splits: lm.Splits, pool: torch.Tensor, seed: int = 0
+    run: Run,
+    base: torch.nn.Module,
+    splits: lm.Splits,
+    pool: torch.Tensor,
+    seed: int = 0,
+    *,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    test_every: int = TEST_EVERY,
 ) -> Outcome:
-    """Train ``EPOCHS`` epochs of LoRA r=8 at ``run.lr``; test every ``TEST_EVERY`` steps.
+    """Train ``epochs`` epochs of LoRA r=8 at ``run.lr``; test every ``test_every`` steps.
 
     ``seed`` sets the order of the training examples and the LoRA initialisation; the data
-    splits are the same for every seed.
+    splits are the same for every seed. ``pool`` holds the validation groups of a rotating run
+    (``splits.val`` first).
     """
-    spec = Spec("budget", lr=run.lr)
-    model = build(spec, base, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
     from benchmarks import lm
 
-    order = torch.Generator().manual_seed(seed)
-    batches = [
-        splits.train[index]
-        for _ in range(EPOCHS)
-        for index in torch.randperm(len(splits.train), generator=order).split(BATCH)
-        if len(index) == BATCH
-    ]
+    model = harness.finetune_model(base, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches = harness.epoch_batches(splits.train, batch_size, epochs, seed)
     outcome = Outcome(run)
-    outcome.train_step_flops, outcome.val_pass_flops, _ = unit_costs(
-        spec, base, batches[0], splits.val
+    costs = harness.unit_costs(
+        harness.finetune_model(base), lm.lm_loss, batches[0], splits.val, run.lr
     )
-    trainable = sum(p.numel() for p in params)
+    outcome.train_step_flops, outcome.val_pass_flops = costs.train_step, costs.val_pass
     adam = torch.optim.Adam(params, lr=run.lr)
     optimizer: torch.optim.Optimizer = adam
     if run.options is not None:
         groups = pool.split(len(splits.val)) if run.rotate else [splits.val]
-        closure = validation_closure(model, groups, lambda m, b: lm.lm_loss(m, b), rotate=1)
+        closure = validation_closure(model, groups, lm.lm_loss, rotate=1)
         options = dict(run.options)
         if options.get("cost_ratio") == "flops":  # a validation pass's cost in training steps
             options["cost_ratio"] = outcome.val_pass_flops / outcome.train_step_flops
@@ -149,14 +150,10 @@ def train(
 
     def flops(steps: int) -> int:
         if not isinstance(optimizer, FastForward):
-            return steps * outcome.train_step_flops
+            return costs.flops(steps)
         stats = optimizer.stats
         moves = stats.evaluations + stats.stages  # every evaluation moved, + each landing
-        return (
-            steps * outcome.train_step_flops
-            + stats.evaluations * outcome.val_pass_flops
-            + 2 * moves * trainable
-        )
+        return costs.flops(steps, stats.evaluations, moves)
 
     def test(step: int) -> None:
         loss = lm.evaluate(model, splits.test)
@@ -164,12 +161,8 @@ def train(
 
     test(0)
     for step, batch in enumerate(batches, start=1):
-        started = time.perf_counter()
-        lm.lm_loss(model, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        outcome.seconds += time.perf_counter() - started
-        if step % TEST_EVERY == 0 or step == len(batches):
+        outcome.seconds += harness.timed_step(model, optimizer, lm.lm_loss, batch)[0]
+        if step % test_every == 0 or step == len(batches):
             test(step)
     outcome.final_loss = outcome.curve[-1][3]
     outcome.best_loss = min(point[3] for point in outcome.curve)
@@ -231,11 +224,7 @@ def lr_study() -> list[Run]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = harness.argument_parser(__doc__)
     parser.add_argument(
         "--study",
         choices=("all", "lr", "search", "policy"),
@@ -243,13 +232,12 @@ def main(argv: list[str] | None = None) -> None:
         help="lr: the learning-rate sweep; search: strategies and guards; policy: the "
         "cost-aware rule (default: all, ~85 min on 2 cores)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
         "--seed", type=int, default=0, help="data order and LoRA init; not 0: under seed<N>/"
     )
     args = parser.parse_args(argv)
-    from benchmarks import lm  # transformers: imported once the arguments are parsed
+    from benchmarks import lm, pretrain  # transformers: imported once the arguments are parsed
 
     torch.set_num_threads(args.threads)
     out = OUT if args.seed == 0 else OUT / f"seed{args.seed}"
@@ -258,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
 
-    base = lm.load_pretrained()
+    base = lm.load_pretrained(pretrain.ensure_checkpoint())
     full = lm.finetune_splits(0, n_test=1000)
     pool = full.train[N_TRAIN : N_TRAIN + (VAL_POOL - 1) * len(full.val)]
     splits = replace(full, train=full.train[:N_TRAIN], test=full.test[:N_TEST])

@@ -37,8 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import harness
 
-LOCAL_RESULTS = Path(__file__).resolve().parent / "results" / "local"
+LOCAL_RESULTS = harness.RESULTS / "local"
 MOVES = 50  # simulated steps per timed stage in the moves-per-second measurement
 
 
@@ -81,11 +82,7 @@ def summary(seconds: list[float], scale: float = 1.0) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = harness.argument_parser(__doc__, threads=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default="float32", help="model dtype (default: float32)")
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size (default: 1024)")

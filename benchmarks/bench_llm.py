@@ -38,20 +38,22 @@ Presets (times on the 2-core machine):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PAPER_LR = 4e-5
+if not __package__:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import harness
+from benchmarks.harness import PAPER_LR
+
 INTERVAL = 6
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(n_train=480, n_test=64, n_val=32, context=48, batch=32, epochs=2,
@@ -59,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(n_train=16, n_test=4, n_val=4, context=16, batch=4, epochs=2,
                   test_every=2, sweep=(1e-3,), seeds=(0,), extras=False),
 }  # fmt: skip
-RESULTS = Path(__file__).resolve().parent / "results" / "llm"
+RESULTS = harness.RESULTS / "llm"
 
 
 class BudgetSpent(Exception):
@@ -93,7 +95,7 @@ class Run:
 
     @property
     def slug(self) -> str:
-        return "".join(c if c.isalnum() else "-" for c in self.name.lower().replace(".", "p"))
+        return harness.slug(self.name.replace(".", "p"))
 
 
 @dataclass
@@ -135,15 +137,6 @@ class Result:
         return self.run.group
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
 def build(run: Run, base: Any) -> Any:
     from benchmarks import smollm
 
@@ -162,32 +155,17 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     result = Result(run, config=config_of(run, preset), trainable_params=trainable)
-    order = torch.Generator().manual_seed(run.seed)
-    train_set, batch = data["train"], preset["batch"]
-    batches = [
-        train_set[index]
-        for _ in range(preset["epochs"])
-        for index in torch.randperm(len(train_set), generator=order).split(batch)
-        if len(index) == batch
-    ]
-    result.train_step_flops, result.val_pass_flops, result.forward_flops = unit_costs(
-        run, base, batches[0], data["val"]
-    )
-    result.budget_flops = len(batches) * result.train_step_flops
+    batches = harness.epoch_batches(data["train"], preset["batch"], preset["epochs"], run.seed)
+    costs = harness.unit_costs(build(run, base), smollm.lm_loss, batches[0], data["val"], run.lr)
+    result.train_step_flops, result.val_pass_flops = costs.train_step, costs.val_pass
+    result.forward_flops = costs.forward
+    result.budget_flops = costs.flops(len(batches))
     adam = torch.optim.Adam(params, lr=run.lr)
     evaluations = 0
 
-    def paper_flops_so_far() -> int:
-        return result.steps * 3 * result.forward_flops + evaluations * result.val_pass_flops
-
     def flops_so_far(extra: int = 0) -> int:
         moves = evaluations + result.stages  # every evaluation moved, + each landing
-        return (
-            result.steps * result.train_step_flops
-            + evaluations * result.val_pass_flops
-            + 2 * moves * result.trainable_params
-            + extra
-        )
+        return costs.flops(result.steps, evaluations, moves) + extra
 
     def val_loss() -> torch.Tensor:
         nonlocal evaluations
@@ -211,7 +189,7 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
 
     def test(kind: str) -> None:
         result.curve.append((flops_so_far(), smollm.evaluate(model, data["test"]), kind))
-        result.paper_curve.append(paper_flops_so_far())
+        result.paper_curve.append(costs.paper_flops(result.steps, evaluations))
         result.seconds_curve.append((result.wall_seconds, result.cpu_seconds))
 
     test("start")
@@ -241,7 +219,7 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
     result.final_loss = result.curve[-1][1]
     result.flops = flops_so_far()
     result.evaluations = evaluations
-    result.paper_flops = paper_flops_so_far()
+    result.paper_flops = costs.paper_flops(result.steps, evaluations)
     if isinstance(optimizer, FastForward):
         history = optimizer.stats.history
         result.taus = [record.tau for record in history]
@@ -255,26 +233,6 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
 def _stage_ended(optimizer: Any, result: Result) -> bool:
     history = optimizer.stats.history
     return bool(history) and history[-1].step == result.steps
-
-
-def unit_costs(run: Run, base: Any, batch: Any, val: Any) -> tuple[int, int, int]:
-    """FLOPs of one training step, one validation pass and one training forward, measured."""
-    import torch
-
-    from benchmarks import smollm
-
-    model = build(run, base)
-    adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr)
-
-    def train_step() -> None:
-        smollm.lm_loss(model, batch).backward()
-        adam.step()
-        adam.zero_grad()
-
-    with torch.no_grad():
-        val_flops = count_flops(lambda: smollm.lm_loss(model, val))
-        forward_flops = count_flops(lambda: smollm.lm_loss(model, batch))
-    return count_flops(train_step), val_flops, forward_flops
 
 
 def config_of(run: Run, preset: dict[str, Any]) -> dict[str, Any]:
@@ -291,24 +249,6 @@ def config_of(run: Run, preset: dict[str, Any]) -> dict[str, Any]:
         "test_every": preset["test_every"],
         "fastforward": fastforward.__version__,
     }
-
-
-def load_data(preset: dict[str, Any]) -> dict[str, Any]:
-    """Disjoint test, tiny-validation and train splits of the fortunes (shuffled with seed 0)."""
-    import torch
-
-    from benchmarks import lm, smollm
-
-    documents = lm.read_documents(lm.FINETUNE_CORPUS)
-    order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(0)).tolist()
-    sizes = {"test": preset["n_test"], "val": preset["n_val"], "train": preset["n_train"]}
-    tokenizer = smollm.load_tokenizer()
-    data, start = {}, 0
-    for split, size in sizes.items():
-        chosen = [documents[i] for i in order[start : start + size]]
-        data[split] = smollm.pack(chosen, tokenizer, preset["context"])
-        start += size
-    return data
 
 
 class Study:
@@ -351,7 +291,8 @@ class Study:
             from benchmarks import smollm
 
             self._base = smollm.load_model()
-            self._data = load_data(self.preset)
+            sizes = ("n_train", "n_test", "n_val", "context")
+            self._data = smollm.finetune_splits(**{k: self.preset[k] for k in sizes})
 
     def write_tables(self) -> None:
         from benchmarks import llm_report
@@ -415,17 +356,7 @@ def _from_json(saved: dict[str, Any]) -> Result:
 
 
 def main(argv: list[str] | None = None) -> Study:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="full",
-        help="study size (default: full; smoke is the CI check)",
-    )
+    parser = harness.argument_parser(__doc__, presets=PRESETS, preset="full")
     parser.add_argument(
         "--out",
         type=Path,
@@ -433,7 +364,6 @@ def main(argv: list[str] | None = None) -> Study:
         help="results folder (default: benchmarks/results/llm for full, "
         "a temporary folder for smoke)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     args = parser.parse_args(argv)  # fmt: skip
 
     import tempfile
@@ -453,6 +383,4 @@ def main(argv: list[str] | None = None) -> Study:
 
 
 if __name__ == "__main__":
-    if not __package__:  # run as a script: make `benchmarks` importable
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     main()

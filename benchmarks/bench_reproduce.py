@@ -28,32 +28,28 @@ Presets (times on a 2-core machine; losses, steps and FLOPs are identical run to
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from typing import TYPE_CHECKING, Any
-
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import harness
+from benchmarks.harness import PAPER_LR, TOLERANCE
 
 if TYPE_CHECKING:  # imported where used: `--help` must not wait for torch and transformers
     import torch
 
     from benchmarks import lm
 
-TOLERANCE = 1e-4  # the paper's ε
-RESULTS = Path(__file__).resolve().parent / "results"
-LOCAL_RESULTS = RESULTS / "local"  # the default output: ignored by git
+LOCAL_RESULTS = harness.RESULTS / "local"  # the default output: ignored by git
 PLOTTED_GROUP = "lora"
-PAPER_LR = 4e-5  # the paper's LoRA learning rate for the medical task (App. E, Table 1)
 
 PRESETS = {
     # n_train/n_test: examples; lr_sweep: Adam learning rates tried besides PAPER_LR; ranks: the
@@ -107,65 +103,42 @@ class Result:
     curve: list[tuple[int, float, str]] = field(default_factory=list)  # (flops, loss, kind)
 
 
-def build(spec: Spec, base: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """A trainable copy of ``base``: LoRA/DoRA adapters initialised from ``seed``, or full rank."""
-    from benchmarks import lm
+def train(
+    spec: Spec,
+    base: torch.nn.Module,
+    splits: lm.Splits,
+    target: float | None,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    eval_every: int = 3,
+    seed: int = 0,
+) -> Result:
+    """Train ``spec`` from ``base`` until its test loss reaches ``target`` + ``TOLERANCE``.
 
-    model = copy.deepcopy(base).train()
-    if spec.adapter == "full":
-        return model
-    return lm.add_lora(model, spec.rank, seed=seed, use_dora=spec.adapter == "dora")
-
-
-def count_flops(fn) -> int:  # type: ignore[no-untyped-def]
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def unit_costs(spec: Spec, base: torch.nn.Module, batch: torch.Tensor, val: torch.Tensor):  # type: ignore[no-untyped-def]
-    """FLOPs of one training step, one validation pass and one training forward, measured."""
-    import torch
-
-    from benchmarks import lm
-
-    model = build(spec, base)
-    adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=spec.lr)
-
-    def train_step() -> None:
-        lm.lm_loss(model, batch).backward()
-        adam.step()
-        adam.zero_grad()
-
-    with torch.no_grad():
-        val_flops = count_flops(lambda: lm.lm_loss(model, val))
-        forward_flops = count_flops(lambda: lm.lm_loss(model, batch))
-    return count_flops(train_step), val_flops, forward_flops
-
-
-def train(spec: Spec, base: torch.nn.Module, splits: lm.Splits, args, target: float | None):  # type: ignore[no-untyped-def]
+    Tests every ``eval_every`` optimizer steps and after every stage; without a ``target`` (the
+    group's Adam run, which sets it) trains all ``epochs`` of ``splits.train``. ``seed`` sets the
+    order of the batches; the LoRA initialisation is seed 0.
+    """
     import torch
 
     from benchmarks import lm
     from benchmarks.paper_variant import PaperFastForward
     from fastforward import FastForward
 
-    model = build(spec, base)
+    model = harness.finetune_model(base, spec.adapter, spec.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     result = Result(spec=spec, trainable_params=sum(p.numel() for p in params))
-    order = torch.Generator().manual_seed(args.seed)
-    batches = [
-        splits.train[index]
-        for _ in range(args.epochs)
-        for index in torch.randperm(len(splits.train), generator=order).split(args.batch_size)
-        if len(index) == args.batch_size
-    ]
-    result.train_step_flops, result.val_pass_flops, result.forward_flops = unit_costs(
-        spec, base, batches[0], splits.val
+    batches = harness.epoch_batches(splits.train, batch_size, epochs, seed)
+    costs = harness.unit_costs(
+        harness.finetune_model(base, spec.adapter, spec.rank),
+        lm.lm_loss,
+        batches[0],
+        splits.val,
+        spec.lr,
     )
+    result.train_step_flops, result.val_pass_flops = costs.train_step, costs.val_pass
+    result.forward_flops = costs.forward
     adam = torch.optim.Adam(params, lr=spec.lr)
     val_loss = lambda: lm.lm_loss(model, splits.val)  # noqa: E731
     optimizer = adam
@@ -182,19 +155,17 @@ def train(spec: Spec, base: torch.nn.Module, splits: lm.Splits, args, target: fl
         optimizer = PaperFastForward(adam, params, val_loss, interval=6)
 
     def flops_so_far() -> tuple[int, int]:
-        steps, evaluations, moves = result.steps, 0, 0
+        """(exact, paper's) FLOPs spent so far."""
+        evaluations, moves = 0, 0
         if isinstance(optimizer, FastForward):
             evaluations = optimizer.stats.evaluations
             moves = evaluations + optimizer.stats.stages  # every evaluation moved, + landings
         elif isinstance(optimizer, PaperFastForward):
-            evaluations = moves = optimizer.evaluations
-        exact = (
-            steps * result.train_step_flops
-            + evaluations * result.val_pass_flops
-            + 2 * moves * result.trainable_params
+            evaluations = moves = optimizer.evaluations  # each one moved; no landing
+        return (
+            costs.flops(result.steps, evaluations, moves),
+            costs.paper_flops(result.steps, evaluations),
         )
-        paper = steps * 3 * result.forward_flops + evaluations * result.val_pass_flops
-        return exact, paper
 
     def test(kind: str) -> float:
         loss = lm.evaluate(model, splits.test)
@@ -204,16 +175,13 @@ def train(spec: Spec, base: torch.nn.Module, splits: lm.Splits, args, target: fl
     test("start")
     stages_seen = 0
     for batch in batches:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        lm.lm_loss(model, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        result.seconds += time.perf_counter() - started
-        result.cpu_seconds += time.process_time() - cpu_started
+        seconds, cpu_seconds = harness.timed_step(model, optimizer, lm.lm_loss, batch)
+        result.seconds += seconds
+        result.cpu_seconds += cpu_seconds
         result.steps += 1
         stages = _stages(optimizer)
         staged, stages_seen = stages > stages_seen, stages
-        if not (staged or result.steps % args.eval_every == 0):
+        if not (staged or result.steps % eval_every == 0):
             continue
         if target is None:
             if spec.group == PLOTTED_GROUP:
@@ -277,17 +245,7 @@ def plan(preset: dict) -> list[Spec]:  # type: ignore[type-arg]
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="quick",
-        help="which runs, on how much data (default: quick; see above)",
-    )
+    parser = harness.argument_parser(__doc__, presets=PRESETS, preset="quick")
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -300,9 +258,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         default=3,
         help="test every this many optimizer steps, and after every stage (default: 3)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="data split and order, LoRA initialisation (default: 0)"
+        "--seed", type=int, default=0, help="data split and batch order (default: 0)"
     )
     parser.add_argument(
         "--out",
@@ -322,22 +279,21 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
     import torch
 
-    from benchmarks import lm, report
+    from benchmarks import lm, pretrain, report
 
     preset = PRESETS[args.preset]
-    args.epochs = preset["epochs"]
     out = args.out or LOCAL_RESULTS / args.preset
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
 
-    base = lm.load_pretrained()
+    base = lm.load_pretrained(pretrain.ensure_checkpoint())
     full = lm.finetune_splits(args.seed, n_test=preset["n_test"])
     splits = replace(full, train=full.train[: preset["n_train"]])
     specs = plan(preset)
     print(
         f"[{args.preset}] {len(splits.train)} train / {len(splits.test)} test / "
         f"{len(splits.val)} val examples of {lm.CONTEXT} bytes; batch {args.batch_size}; "
-        f"{args.epochs} epochs; {len(specs) + len(preset['lr_sweep'])} runs, then "
+        f"{preset['epochs']} epochs; {len(specs) + len(preset['lr_sweep'])} runs, then "
         f"{len(preset['tuned_searches'])} at the tuned lr",
         flush=True,
     )
@@ -353,12 +309,21 @@ def main(argv: list[str] | None = None) -> list[Result]:
     def run(spec: Spec) -> Result:
         print(f"  {spec.name} ...", end="\r", flush=True)
         started = time.perf_counter()
-        path = out / f"{_slug(spec.name)}.json"
+        path = out / f"{harness.slug(spec.name).strip('-')}.json"
         saved = json.loads(path.read_text()) if args.resume and path.exists() else {}
         if saved.get("spec") == asdict(spec) and saved.get("settings") == settings:
             result = _result_from_json(saved)
         else:
-            result = train(spec, base, splits, args, targets.get(spec.group))
+            result = train(
+                spec,
+                base,
+                splits,
+                targets.get(spec.group),
+                epochs=preset["epochs"],
+                batch_size=args.batch_size,
+                eval_every=args.eval_every,
+                seed=args.seed,
+            )
         if spec.fast_forward == "off":
             targets.setdefault(spec.group, result.test_loss)
         results.append(result)
@@ -398,10 +363,6 @@ def _result_from_json(saved: dict[str, Any]) -> Result:
     fields["stage_losses"] = [tuple(pair) for pair in fields["stage_losses"]]
     fields["curve"] = [tuple(point) for point in fields["curve"]]
     return Result(**fields)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 if __name__ == "__main__":

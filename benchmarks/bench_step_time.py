@@ -26,9 +26,7 @@ import torch
 
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import lm
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks import harness, lm, pretrain
 
 
 def time_it(fn: Callable[[], object], burn_in: int, iters: int) -> tuple[float, float]:
@@ -71,8 +69,9 @@ def main() -> None:
     splits = lm.finetune_splits()
     batches = list(splits.train[: 8 * args.batch_size].split(args.batch_size))  # (B, T) each
 
-    full = lm.load_pretrained().train()
-    lora = lm.add_lora(lm.load_pretrained()).train()
+    checkpoint = pretrain.ensure_checkpoint()
+    full = lm.load_pretrained(checkpoint).train()
+    lora = lm.add_lora(lm.load_pretrained(checkpoint)).train()
     counts = {
         "full": sum(p.numel() for p in full.parameters()),
         "lora": sum(p.numel() for p in lora.parameters() if p.requires_grad),
@@ -106,8 +105,8 @@ def main() -> None:
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     print(f"parameters: {counts['full']:,} total, {counts['lora']:,} LoRA; peak RSS {peak:.0f} MiB")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"step_time-cpu-{torch.__version__}-fp32-t{args.threads}.csv"
+    harness.RESULTS.mkdir(exist_ok=True)
+    out = harness.RESULTS / f"step_time-cpu-{torch.__version__}-fp32-t{args.threads}.csv"
     with out.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()

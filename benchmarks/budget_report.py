@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import anytime
-
-TOLERANCE = 1e-4  # a run "reaches" a loss when it is within this of it, as in bench_reproduce
+from benchmarks.harness import TOLERANCE, markdown, pyplot, save_figure, saved
 
 
 def reached(outcome: Any, loss: float) -> tuple[int, int, float] | None:
@@ -25,21 +24,12 @@ def loss_at_flops(outcome: Any, budget: int) -> float:
     return [loss for _, flops, _, loss in outcome.curve if flops <= budget][-1]
 
 
-def _saved(cost: float, baseline: float) -> str:
-    return f"{1 - cost / baseline:+.0%}"
-
-
 def _mean_tau(outcome: Any) -> str:
     return f"{statistics.mean(outcome.taus):.1f}" if outcome.taus else "-"
 
 
 def _evals_per_stage(outcome: Any) -> str:
     return f"{outcome.evaluations / outcome.stages:.1f}" if outcome.stages else "-"
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def search_table(results: list[Any]) -> str:
@@ -62,15 +52,15 @@ def search_table(results: list[Any]) -> str:
             _mean_tau(o) if o.run.is_ff else "",
             str(max(o.taus, default=0)) if o.run.is_ff else "",
             str(o.evaluations) if o.run.is_ff else "",
-            (_saved(hit[1], base.flops) if hit else "not reached") if o.run.is_ff else "",
-            (_saved(hit[2], base.seconds) if hit else "not reached") if o.run.is_ff else "",
+            (saved(hit[1], base.flops) if hit else "not reached") if o.run.is_ff else "",
+            (saved(hit[2], base.seconds) if hit else "not reached") if o.run.is_ff else "",
             f"{o.final_loss:.4f}",
             f"{o.final_loss - base.final_loss:+.4f}" if o.run.is_ff else "",
             f"{loss_at_flops(o, base.flops):.4f}",
             f"{loss_at_flops(o, base.flops) - base.final_loss:+.4f}" if o.run.is_ff else "",
             str(o.gave_up_at_step or "") if o.run.is_ff else "",
         ])  # fmt: skip
-    return _markdown(header, rows)
+    return markdown(header, rows)
 
 
 def write_search_study(results: list[Any], tuned: Any, out: Path) -> None:
@@ -125,7 +115,7 @@ def lr_table(results: list[Any], tuned: Any) -> str:
             _evals_per_stage(ff),
             str(ff.gave_up_at_step or "-"),
         ])  # fmt: skip
-    return _markdown(header, rows)
+    return markdown(header, rows)
 
 
 def gap_closed(adam: Any, ff: Any, tuned: Any) -> float | None:
@@ -154,7 +144,7 @@ def seed_table(by_seed: dict[int, tuple[list[Any], Any]]) -> str:
                 f"{closed:.0%}" if closed is not None else "-",
             ]
         rows.append(row)
-    return _markdown(header, rows)
+    return markdown(header, rows)
 
 
 def _pairs(results: list[Any]) -> dict[float, tuple[Any, Any]]:
@@ -243,20 +233,10 @@ def write_lr_study(results: list[Any], tuned: Any, out: Path) -> None:
     print(text)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_final_loss_vs_lr(results: list[Any], tuned: Any, path: Path) -> None:
-    plt = _pyplot()
     pairs = _pairs(results)
     lrs = list(pairs)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
     ax.plot(lrs, [a.final_loss for a, _ in pairs.values()], "o-", label="Adam")
     ax.plot(lrs, [f.final_loss for _, f in pairs.values()], "s-", label="Fast Forward (defaults)")
     ax.axhline(tuned.final_loss, color="gray", linestyle=":", label="tuned Adam")
@@ -265,16 +245,13 @@ def plot_final_loss_vs_lr(results: list[Any], tuned: Any, path: Path) -> None:
     ax.set_ylabel("final test loss after 5 epochs (nats/byte)")
     ax.set_title("LoRA r=8, same budget: final loss across the learning-rate sweep")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_small_lr_vs_tuned(results: list[Any], tuned: Any, path: Path, count: int = 3) -> None:
     """Test loss against FLOPs: Fast Forward and Adam at the ``count`` smallest lrs, tuned Adam."""
-    plt = _pyplot()
     pairs = _pairs(results)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
     for index, (lr, (adam, ff)) in enumerate(list(pairs.items())[:count]):
         color = f"C{index + 1}"
         for outcome, style, name in ((ff, "-", "Fast Forward"), (adam, ":", "Adam")):
@@ -288,6 +265,4 @@ def plot_small_lr_vs_tuned(results: list[Any], tuned: Any, path: Path, count: in
     ax.set_ylabel("test loss (nats/byte)")
     ax.set_title("Fast Forward at small learning rates against tuned Adam")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

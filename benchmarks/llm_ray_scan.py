@@ -1,16 +1,17 @@
 """The validation loss along Δ of the first stage on SmolLM2 at the paper's lr: is it convex?
 
-Trains the first 6 Adam steps of ``bench_llm.py``'s run at 4e-5, seed 0 (same model, data and
-batches), then, at its first stage, records which τ the default search (``parabolic``) probes,
-then the loss at a grid of τ out to 400. Writes ``benchmarks/results/llm/ray_scan.txt``: the
-probe sequence, then one ``τ loss`` line per point evaluated. About 5 minutes on 2 cores (one
-validation pass per point).
+Trains the first 6 Adam steps of ``bench_llm.py``'s run at 4e-5, seed 0, with the data
+settings recorded in that run's JSON (so the same model, data and batches), then, at its first
+stage, records which τ the default search (``parabolic``) probes, then the loss at a grid of τ
+out to 400. Writes ``benchmarks/results/llm/ray_scan.txt``: the probe sequence, then one
+``τ loss`` line per point evaluated. One validation pass per point.
 
     python benchmarks/llm_ray_scan.py
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,28 +19,30 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import harness
+
+OUT = harness.RESULTS / "llm"
+RUN = OUT / "runs" / "ff-parabolic-lora-lr-4e-05-seed-0.json"  # written by bench_llm.py
 GRID = [*range(160, 190), 100, 120, 140, 200, 220, 250, 280, 300, 320, 340, 350, 360, 380, 400]
 
 
 def main() -> None:
     import torch
 
-    from benchmarks import bench_llm, smollm
+    from benchmarks import smollm
     from fastforward import FastForward
     from fastforward.functional import parabolic_search
 
+    if not RUN.exists():
+        raise FileNotFoundError(f"llm_ray_scan: no {RUN}; run `python benchmarks/bench_llm.py`")
+    config = json.loads(RUN.read_text())["config"]
     torch.set_num_threads(1)
-    preset = bench_llm.PRESETS["full"]
-    data = bench_llm.load_data(preset)
-    run = bench_llm.Run(bench_llm.PAPER_LR, 0, "parabolic")
-    model = bench_llm.build(run, smollm.load_model())
+    sizes = ("n_train", "n_test", "n_val", "context")
+    data = smollm.finetune_splits(**{k: config[k] for k in sizes})
+    base = smollm.load_model().train()
+    model = smollm.add_lora(base, seed=config["seed"])
     params = [p for p in model.parameters() if p.requires_grad]
-    order = torch.Generator().manual_seed(run.seed)
-    batches = [
-        data["train"][index]
-        for index in torch.randperm(len(data["train"]), generator=order).split(preset["batch"])
-        if len(index) == preset["batch"]
-    ]
+    batches = harness.epoch_batches(data["train"], config["batch"], 1, config["seed"])
     lines: list[str] = []
 
     def scan(ray, max_tau, start):  # type: ignore[no-untyped-def]
@@ -49,13 +52,13 @@ def main() -> None:
             ray.evaluate(tau)
         lines.extend(f"{tau} {ray.losses[tau]!r}" for tau in sorted(ray.losses))
 
-    adam = torch.optim.Adam(params, lr=run.lr)
+    adam = torch.optim.Adam(params, lr=config["lr"])
     ff = FastForward(adam, model, lambda: smollm.lm_loss(model, data["val"]), search=scan)
     for batch in batches[: ff.interval]:
         smollm.lm_loss(model, batch).backward()
         ff.step()
         ff.zero_grad()
-    out = bench_llm.RESULTS / "ray_scan.txt"
+    out = OUT / "ray_scan.txt"
     out.write_text("\n".join(lines) + "\n")
     print(lines[0], f"\nwrote {out}")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import anytime
+from benchmarks.harness import TOLERANCE, markdown, pyplot, save_figure, saved
 
 
 def _adam_by_group(results: Sequence[Any]) -> dict[str, Any]:
@@ -15,13 +16,7 @@ def _adam_by_group(results: Sequence[Any]) -> dict[str, Any]:
 
 def _first_reaching(r: Any, target: float) -> int | None:
     """Index of the first curve point within the paper's ε of ``target`` (None: never)."""
-    return next(
-        (i for i, (_, loss, _) in enumerate(r.curve) if loss <= target + anytime.TOLERANCE), None
-    )
-
-
-def _saved(mine: float, theirs: float) -> str:
-    return f"{1 - mine / theirs:+.0%}" if theirs else ""
+    return next((i for i, (_, loss, _) in enumerate(r.curve) if loss <= target + TOLERANCE), None)
 
 
 def _row(r: Any, adam: Any) -> list[str]:
@@ -34,10 +29,10 @@ def _row(r: Any, adam: Any) -> list[str]:
     cells.append(f"{r.flops / 1e12:.2f}")
     if reached:
         cells += [
-            _saved(r.curve[mine][0], adam.curve[theirs][0]),
-            _saved(r.paper_curve[mine], adam.paper_curve[theirs]),
-            _saved(r.seconds_curve[mine][0], adam.seconds_curve[theirs][0]),
-            _saved(r.seconds_curve[mine][1], adam.seconds_curve[theirs][1]),
+            saved(r.curve[mine][0], adam.curve[theirs][0]),
+            saved(r.paper_curve[mine], adam.paper_curve[theirs]),
+            saved(r.seconds_curve[mine][0], adam.seconds_curve[theirs][0]),
+            saved(r.seconds_curve[mine][1], adam.seconds_curve[theirs][1]),
         ]
     else:
         cells += ["" if r is adam else "never"] + [""] * 3
@@ -67,10 +62,8 @@ def tables(results: Sequence[Any]) -> str:
         (r for r in results if r.group in adam),
         key=lambda r: (r.run.adapter, r.run.seed, r.run.lr, r.run.is_ff, r.run.search or ""),
     )
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_row(r, adam[r.group])) + " |" for r in ordered]
     budget = {group: a.budget_flops for group, a in adam.items()}
-    text = "\n".join(lines) + "\n"
+    text = markdown(COLUMNS, [_row(r, adam[r.group]) for r in ordered]) + "\n"
     if ordered:
         first = ordered[0]
         text += (
@@ -87,15 +80,10 @@ def tables(results: Sequence[Any]) -> str:
 
 def plot(results: Sequence[Any], path: Path) -> None:
     """One panel per learning rate: test loss against FLOPs, Adam and Fast Forward, all seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lrs = sorted({r.run.lr for r in results if r.run.adapter == "lora"})
     if not lrs:
         return
-    fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
     colors = {"Adam": "tab:blue", "parabolic": "tab:green", "linear": "tab:orange"}
     for ax, lr in zip(axes[0], lrs, strict=True):
         for r in results:
@@ -116,6 +104,4 @@ def plot(results: Sequence[Any], path: Path) -> None:
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("test loss (nats/token)")
     fig.suptitle("SmolLM2-135M-Instruct, LoRA r=8 on fortunes (red: after a stage)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

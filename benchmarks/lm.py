@@ -8,7 +8,7 @@ Losses are mean cross-entropy per predicted token in nats; a token is a byte, or
 
 Example:
     >>> from benchmarks import lm
-    >>> model = lm.load_pretrained()  # trains it (~15 min) if the checkpoint is missing
+    >>> model = lm.load_pretrained()  # pretrain.ensure_checkpoint() writes it if it is missing
     >>> splits = lm.finetune_splits()
     >>> loss = lm.evaluate(model, splits.test)
 """
@@ -49,9 +49,7 @@ def make_config(
 ) -> GPTNeoXConfig:
     """Return a small Pythia-style config (parallel residual, 25% rotary, GELU MLP of 4x width).
 
-    The default has 859,392 parameters. At batch 64 a full-parameter AdamW step takes ~0.68 s
-    on one CPU thread (0.37 s on two), a LoRA r=8 step ~0.55 s (0.31 s), and a forward pass on
-    32 examples ~0.11 s (0.07 s); see ``bench_step_time.py``.
+    The default has 859,392 parameters; ``bench_step_time.py`` times its steps.
     """
     return GPTNeoXConfig(
         vocab_size=VOCAB_SIZE,
@@ -86,38 +84,28 @@ def checkpoint_path(config: GPTNeoXConfig | None = None) -> Path:
     return CHECKPOINT_DIR / f"pythia-bytes-{config_name(config or make_config())}.safetensors"
 
 
-def load_pretrained(
-    path: str | Path | None = None, *, train_if_missing: bool = True
-) -> GPTNeoXForCausalLM:
+def load_pretrained(path: str | Path | None = None) -> GPTNeoXForCausalLM:
     """Load the pretrained model (fp32, eval mode) from a ``pretrain.py`` checkpoint.
 
     Args:
         path: a ``.safetensors`` checkpoint. Default: ``checkpoint_path()`` (the default config).
-        train_if_missing: if the checkpoint is absent, run ``pretrain.py`` with its defaults
-            (deterministic, ~13 min on one thread) to write it there. Default: True.
 
     Returns:
         The model, with the config that is stored in the checkpoint's metadata.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``. ``pretrain.ensure_checkpoint()`` (or
+            ``python benchmarks/pretrain.py``) writes the default one.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else checkpoint_path()
     if not path.exists():
-        if not train_if_missing:
-            raise FileNotFoundError(
-                f"benchmarks.lm: no checkpoint at {path}; run `python benchmarks/pretrain.py` "
-                "or pass train_if_missing=True"
-            )
-        from benchmarks import pretrain  # a fresh clone has no checkpoint
-
-        threads, deterministic = (
-            torch.get_num_threads(),
-            torch.are_deterministic_algorithms_enabled(),
+        raise FileNotFoundError(
+            f"benchmarks.lm: no checkpoint at {path}; write it with `python benchmarks/pretrain.py "
+            f"--out {path}` or `benchmarks.pretrain.ensure_checkpoint({str(path)!r})`"
         )
-        pretrain.main(["--out", str(path)])  # sets both for itself
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
     with safe_open(str(path), framework="pt") as file:
         metadata = file.metadata()
     config = GPTNeoXConfig.from_dict(json.loads(metadata["config"]))

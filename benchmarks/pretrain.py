@@ -8,7 +8,8 @@ checkpoint. The defaults (1000 steps of 64 x 128 bytes, about one epoch of corpu
     python benchmarks/pretrain.py  # writes benchmarks/checkpoints/pythia-bytes-*.safetensors
 
 The checkpoint is fp32 safetensors; its metadata holds the config (``config``) and the
-arguments and losses of the run (``pretrain``).
+arguments and losses of the run (``pretrain``). The benchmark scripts call
+``ensure_checkpoint()``, which runs this pretraining only if the checkpoint is missing.
 """
 
 from __future__ import annotations
@@ -139,6 +140,24 @@ def main(argv: list[str] | None = None) -> Path:
     )
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, fp32)")
     return out
+
+
+def ensure_checkpoint(path: str | Path | None = None) -> Path:
+    """The checkpoint at ``path`` (default: ``lm.checkpoint_path()``), pretrained first if missing.
+
+    A missing checkpoint is written by ``main`` with the default arguments, which set the
+    thread count and deterministic algorithms for themselves; both are restored afterwards.
+    """
+    path = Path(path) if path is not None else lm.checkpoint_path()
+    if not path.exists():
+        threads = torch.get_num_threads()
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        try:
+            main(["--out", str(path)])
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
+    return path
 
 
 if __name__ == "__main__":

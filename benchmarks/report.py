@@ -6,15 +6,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import markdown, pyplot, save_figure, saved
+
 COLUMNS = (
     "run", "lr", "steps", "reached L*", "test loss", "L*", "GFLOPs", "FLOPs saved",
     "saved (paper 3x)", "train s", "time saved", "train CPU s", "CPU saved", "stages", "mean τ",
     "val evals", "trainable",
 )  # fmt: skip
-
-
-def _saved(cost: float, baseline: float) -> str:
-    return f"{1 - cost / baseline:+.0%}" if baseline else ""
 
 
 def _row(r: Any, baseline: Any, target: float) -> list[str]:
@@ -28,12 +26,12 @@ def _row(r: Any, baseline: Any, target: float) -> list[str]:
         f"{r.test_loss:.4f}",
         f"{target:.4f}",
         f"{r.flops / 1e9:.1f}",
-        _saved(r.flops, baseline.flops) if savings else "",
-        _saved(r.paper_flops, baseline.paper_flops) if savings else "",
+        saved(r.flops, baseline.flops) if savings else "",
+        saved(r.paper_flops, baseline.paper_flops) if savings else "",
         f"{r.seconds:.1f}",
-        _saved(r.seconds, baseline.seconds) if savings else "",
+        saved(r.seconds, baseline.seconds) if savings else "",
         f"{r.cpu_seconds:.1f}" if r.cpu_seconds else "-",  # runs saved before it was measured
-        _saved(r.cpu_seconds, baseline.cpu_seconds) if savings else "",
+        saved(r.cpu_seconds, baseline.cpu_seconds) if savings else "",
         str(r.stages) if is_ff else "",
         f"{statistics.mean(r.taus):.1f}" if r.taus else "",
         str(r.evaluations) if is_ff else "",
@@ -45,28 +43,20 @@ def table(results: list[Any], targets: dict[str, float], *, tuned_group: str) ->
     """One row per run; savings are against the Adam run whose final loss is the row's target."""
     adam = {r.spec.group: r for r in results if r.spec.fast_forward == "off"}
     adam["tuned"] = adam[tuned_group]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in results:
-        cells = _row(r, adam[r.spec.group], targets[r.spec.group])
-        lines.append("| " + " | ".join(cells) + " |")
+    rows = [_row(r, adam[r.spec.group], targets[r.spec.group]) for r in results]
     first = results[0]
     ratio = first.val_pass_flops / first.train_step_flops
     step_vs_forward = first.train_step_flops / first.forward_flops
-    lines.append(
-        f"\nOne validation pass (32 examples) costs {ratio:.2f} LoRA training steps; a LoRA "
-        f"training step costs {step_vs_forward:.2f}x its forward pass (the paper assumes 3x).\n"
+    return (
+        f"{markdown(COLUMNS, rows)}\n\nOne validation pass (32 examples) costs {ratio:.2f} LoRA "
+        f"training steps; a LoRA training step costs {step_vs_forward:.2f}x its forward pass "
+        "(the paper assumes 3x).\n"
     )
-    return "\n".join(lines)
 
 
 def plot(results: list[Any], path: Path, group: str = "lora") -> None:
     """Test loss against cumulative FLOPs for one group of runs, like the paper's Fig. 4."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
     markers = {"step": ("tab:red", "optimizer steps"), "stage": ("tab:green", "after a stage")}
     for r in (r for r in results if r.spec.group == group):
         flops = [point[0] / 1e9 for point in r.curve]
@@ -86,6 +76,4 @@ def plot(results: list[Any], path: Path, group: str = "lora") -> None:
     ax.set_ylabel("test loss (nats/byte)")
     ax.set_title("LoRA finetune: test loss against compute")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -61,7 +61,7 @@ def package_dir() -> Path:
 
 
 def load_model() -> torch.nn.Module:
-    """SmolLM2-135M-Instruct as a float32 ``LlamaForCausalLM`` in eval mode (~20 s on 2 cores)."""
+    """SmolLM2-135M-Instruct as a float32 ``LlamaForCausalLM`` in eval mode."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -124,6 +124,25 @@ def pack(documents: list[str], tokenizer, context: int) -> Examples:  # type: ig
         rows.append(row + [boundary] * padding)
         labels.append(row + [IGNORE] * padding)
     return Examples(torch.tensor(rows), torch.tensor(labels))
+
+
+def finetune_splits(*, n_train: int, n_test: int, n_val: int, context: int) -> dict[str, Examples]:
+    """The fortunes (``lm``'s corpus B) as disjoint "test", "val" and "train" ``Examples``.
+
+    One permutation of the fortunes (seed 0) is cut in that order, so a split's examples do
+    not depend on the sizes of the splits after it.
+    """
+    from benchmarks import lm
+
+    documents = lm.read_documents(lm.FINETUNE_CORPUS)
+    order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(0)).tolist()
+    tokenizer = load_tokenizer()
+    data, start = {}, 0
+    for split, size in {"test": n_test, "val": n_val, "train": n_train}.items():
+        chosen = [documents[i] for i in order[start : start + size]]
+        data[split] = pack(chosen, tokenizer, context)
+        start += size
+    return data
 
 
 def lm_loss(model: torch.nn.Module, batch: Examples) -> Tensor:

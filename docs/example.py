@@ -21,7 +21,7 @@ from fastforward import FastForward, validation_closure
 
 torch.manual_seed(0)
 lora = LoraConfig(target_modules=["query_key_value"], r=8)
-model = get_peft_model(lm.load_pretrained(train_if_missing=False), lora)
+model = get_peft_model(lm.load_pretrained(), lora)
 splits = lm.finetune_splits(n_test=256)  # disjoint train / test / 32 validation examples
 loader = torch.utils.data.DataLoader(splits.train[:1024], batch_size=64, shuffle=True)
 print(f"test loss before: {lm.evaluate(model, splits.test):.4f} nats/byte")

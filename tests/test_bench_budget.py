@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
-from benchmarks import bench_budget, budget_report, lm
+from benchmarks import bench_budget, budget_report, harness, lm
 
 
 def _outcome(lr, losses, *, ff=False, flops_per_step=10):
@@ -60,7 +60,7 @@ def test_lr_report_closes_the_gap_and_prices_the_sweep(tmp_path):
 def test_the_policy_study_compares_the_cost_aware_rule_with_the_defaults_at_both_rates(tmp_path):
     runs = bench_budget.policy_study(3e-2)
     assert [(r.lr, r.label) for r in runs] == [
-        (lr, label) for lr in (bench_budget.PAPER_LR, 3e-2)
+        (lr, label) for lr in (harness.PAPER_LR, 3e-2)
         for label in ("Adam", "FF defaults", "FF cost-aware")
     ]  # fmt: skip
     assert dict(runs[2].options) == {"cost_aware": True, "cost_ratio": "flops"}
@@ -94,17 +94,12 @@ def test_the_seed_table_judges_each_seed_against_its_own_tuned_adam():
 
 
 def test_a_tiny_run_with_rotation_and_adaptive_interval_counts_its_stages():
-    base = lm.load_pretrained(train_if_missing=False)
+    base = lm.load_pretrained()
     full = lm.finetune_splits(0, n_test=32)
     splits = replace(full, train=full.train[:256])
     pool = full.train[256 : 256 + 4 * len(full.val)]
     run = bench_budget.ff(1e-3, "tiny", rotate=True, interval=2, adaptive_interval=(1, 4))
-    original = bench_budget.BATCH, bench_budget.EPOCHS
-    try:
-        bench_budget.BATCH, bench_budget.EPOCHS = 32, 2
-        outcome = bench_budget.train(run, base, splits, pool)
-    finally:
-        bench_budget.BATCH, bench_budget.EPOCHS = original
+    outcome = bench_budget.train(run, base, splits, pool, epochs=2, batch_size=32)
     steps = 2 * 256 // 32
     assert outcome.stages >= 1
     assert outcome.curve[-1][0] == steps

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 
 import pytest
@@ -10,20 +9,20 @@ import pytest
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
-from benchmarks import bench_reproduce, lm, report
+from benchmarks import bench_reproduce, lm, pretrain, report
 
 
 @pytest.fixture(scope="module")
 def smoke_runs():
-    base = lm.load_pretrained(train_if_missing=False)
+    base = lm.load_pretrained()
     splits = lm.finetune_splits(0, n_test=64)
     splits = replace(splits, train=splits.train[:512])
-    args = argparse.Namespace(epochs=2, batch_size=64, eval_every=3, seed=0)
+    sizes = dict(epochs=2, batch_size=64)
     adam = bench_reproduce.train(
-        bench_reproduce.Spec("Adam", group="lora"), base, splits, args, None
+        bench_reproduce.Spec("Adam", group="lora"), base, splits, None, **sizes
     )
     ff_spec = bench_reproduce.Spec("FF", fast_forward="library", group="lora")
-    ff = bench_reproduce.train(ff_spec, base, splits, args, adam.test_loss)
+    ff = bench_reproduce.train(ff_spec, base, splits, adam.test_loss, **sizes)
     return adam, ff
 
 
@@ -49,6 +48,18 @@ def test_table_and_plot_are_written(smoke_runs, tmp_path):
     assert sum(line.startswith("| ") for line in text.splitlines()) == 3  # header + two rows
     report.plot([adam, ff], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_a_missing_checkpoint_names_how_to_write_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"pretrain\.ensure_checkpoint"):
+        lm.load_pretrained(tmp_path / "missing.safetensors")
+
+
+def test_ensure_checkpoint_keeps_an_existing_checkpoint(tmp_path):
+    path = tmp_path / "existing.safetensors"
+    path.write_bytes(b"")
+    assert pretrain.ensure_checkpoint(path) == path
+    assert path.read_bytes() == b""
 
 
 def test_the_hot_path_benchmark_runs_on_the_cpu(tmp_path):
