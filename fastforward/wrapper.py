@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fastforward import _logs
-from fastforward._buffers import StageBuffers
 from fastforward._checkpoint import WRAPPER, WrapperState
 from fastforward._checks import (
     _check_bool,
@@ -29,6 +28,7 @@ from fastforward._checks import (
 from fastforward._config import Config, Schedule
 from fastforward._distributed import _collective_device, _max_across_ranks, _mean_across_ranks
 from fastforward._docs import shares_args
+from fastforward._kernels import StageBuffers
 from fastforward._logs import (
     StageProgress,
     log,
