@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastforward._checks import _check_int, _is_bool
-from fastforward._config import Config, Schedule
+from fastforward._config import Config, Schedule, _saved_bool
 from fastforward._search import SearchStrategy
 from fastforward._stats import FastForwardStats
 
@@ -64,9 +64,7 @@ class WrapperState:
         try:
             config = Config.from_dict(dict(state["hyperparameters"]), own_search)
             stats = FastForwardStats.from_dict(state["stats"])
-            enabled = state["enabled"]
-            if not isinstance(enabled, bool):
-                raise TypeError(f"enabled must be a bool, got {enabled!r}")
+            enabled = _saved_bool(state, "enabled")
             schedule = Schedule.from_dict(state, config, stats.optimizer_steps)
             reference = _saved_reference(state.get("reference"))
         except (KeyError, TypeError, ValueError) as error:

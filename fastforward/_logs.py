@@ -31,7 +31,7 @@ class StageProgress:
     """Where the running block of validation passes is, for its progress lines."""
 
     started: float
-    next_report: float = PROGRESS_SECONDS  # seconds into the block
+    next_report: float  # seconds into the block
     evaluations: int = 0
     seconds: float = 0.0  # the whole block's, once it has ended
 

@@ -496,16 +496,13 @@ class FastForward(Optimizer):
         self._progress.passed(self.process_group, self.stats.optimizer_steps, loss)
         return loss
 
-    def _log(self, level: int, message: str, *args: object) -> None:
-        log(self.process_group, level, message, *args)
-
     def _collective_device(self) -> torch.device:
         params = self._buffers.params or self._trainable_params()
         return _collective_device(self.process_group, params[0].device)
 
     def _skip_stage(self, step: int, reason: str, level: int) -> None:
         self.stats.skipped_stages += 1
-        self._log(level, "no stage after step %d: %s", step, reason)
+        log(self.process_group, level, "no stage after step %d: %s", step, reason)
 
     def _record_stage(self, record: StageRecord) -> None:
         stats = self.stats
