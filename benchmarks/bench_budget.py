@@ -203,7 +203,8 @@ def search_study(tuned_lr: float) -> list[Run]:
 
 
 def policy_study(tuned_lr: float) -> list[Run]:
-    """Fast Forward with and without the cost-aware rule at the paper's lr and the tuned one.
+    """Fast Forward with and without the cost-aware rule, each with Δ over the last step (the
+    default) and over the interval, at the paper's lr and the tuned one.
 
     The rule's cost ratio is the measured FLOPs of a validation pass over a training step, so
     the runs are deterministic (a user with a busy GPU can pass the same).
@@ -214,7 +215,10 @@ def policy_study(tuned_lr: float) -> list[Run]:
             Run(lr, label="Adam"),
             ff(lr, "FF defaults"),
             ff(lr, "FF cost-aware", cost_aware=True, cost_ratio="flops"),
-        ]
+            ff(lr, "FF interval delta", delta_span="interval"),
+            ff(lr, "FF interval delta cost-aware", delta_span="interval", cost_aware=True,
+               cost_ratio="flops"),
+        ]  # fmt: skip
     return runs
 
 

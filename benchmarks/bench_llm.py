@@ -21,13 +21,15 @@ study can be finished in pieces; partial tables are written after every run):
    is extended by one rate if its best final loss sits at an edge;
 2. seed 0: Fast Forward at the tuned rate (the sweep's best final loss);
 3. seed 1: Adam and Fast Forward at 4e-5 and at the tuned rate (the headline rows);
-4. seed 0: Fast Forward at the other rates of the sweep, the paper's linear search at 4e-5,
+4. both seeds, 4e-5 and the tuned rate: Fast Forward with ``cost_aware``, with
+   ``delta_span="interval"``, and with both (docs/results.md, "Cost-aware stages");
+5. seed 0: Fast Forward at the other rates of the sweep, the paper's linear search at 4e-5,
    and Adam and Fast Forward with DoRA at the tuned rate.
 
 Presets (times on the 2-core machine):
 
 - ``full``: 480 train / 64 test / 32 validation fortunes of 48 tokens, batch 32, 2 epochs
-  (30 steps), sweep 4e-5, 4e-4, 2e-3, 1e-2: about 90 minutes. docs/results.md, "Real pretrained
+  (30 steps), sweep 4e-5, 4e-4, 2e-3, 1e-2: about two hours. docs/results.md, "Real pretrained
   model".
 - ``smoke``: 16 train / 4 test / 4 validation examples of 16 tokens, batch 4, 8 steps (one
   stage), one learning rate, no seed 1, no DoRA: under a minute, most of it loading the model.
@@ -77,6 +79,7 @@ class Run:
     search: str | None = None
     adapter: str = "lora"  # "lora" or "dora"
     cost_aware: bool = False  # with cost_ratio = a validation pass's FLOPs over a step's
+    delta_span: str = "step"  # FastForward's: "interval" for Δ over the whole interval
 
     @property
     def is_ff(self) -> bool:
@@ -91,6 +94,7 @@ class Run:
     def name(self) -> str:
         method = "Adam" if self.search is None else f"FF {self.search}"
         method += " cost-aware" if self.cost_aware else ""
+        method += " interval-delta" if self.delta_span == "interval" else ""
         return f"{method} {self.adapter} lr={self.lr:g} seed={self.seed}"
 
     @property
@@ -185,6 +189,7 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
             search=run.search,
             cost_aware=run.cost_aware,
             cost_ratio=cost_ratio,
+            delta_span=run.delta_span,
         )
 
     def test(kind: str) -> None:
@@ -241,8 +246,9 @@ def config_of(run: Run, preset: dict[str, Any]) -> dict[str, Any]:
 
     data = {k: preset[k] for k in ("n_train", "n_test", "n_val", "context", "batch", "epochs")}
     run_fields = asdict(run)
-    if not run.cost_aware:  # runs saved before the option existed match
-        del run_fields["cost_aware"]
+    for name, default in (("cost_aware", False), ("delta_span", "step")):
+        if run_fields[name] == default:  # runs saved before the option existed match
+            del run_fields[name]
     return {
         **run_fields,
         **data,
@@ -337,6 +343,8 @@ def run_study(preset_name: str, out: Path) -> Study:
         for seed in preset["seeds"]:
             for lr in dict.fromkeys((PAPER_LR, tuned)):
                 study.get(Run(lr, seed, "parabolic", cost_aware=True))
+                study.get(Run(lr, seed, "parabolic", delta_span="interval"))
+                study.get(Run(lr, seed, "parabolic", cost_aware=True, delta_span="interval"))
     if preset["extras"]:
         for lr in preset["sweep"]:
             study.get(Run(lr, first, "parabolic"))

@@ -3,13 +3,17 @@
 The wrapped optimizer's ``state_dict`` is returned as it is, with one extra top-level entry,
 :data:`WRAPPER`, so that loading the dict into a bare optimizer of the same class only needs that
 entry removed, and the base's per-parameter ``state`` never holds a key of ours. The entry holds
-plain dicts, lists and numbers, for ``torch.load(..., weights_only=True)``.
+plain dicts, lists and numbers, for ``torch.load(..., weights_only=True)``; with
+``delta_span="interval"``, inside an interval, also the snapshot of ``W`` that the interval's
+stage will subtract, as tensors (a checkpoint taken right after a stage holds none).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from torch import Tensor
 
 from fastforward._checks import _check_int, _is_bool
 from fastforward._config import Config, Schedule, _saved_bool
@@ -24,7 +28,9 @@ FORMAT_VERSION = 1
 class WrapperState:
     """Everything a checkpoint restores in the wrapper: nothing of the wrapped optimizer.
 
-    ``reference`` is ``cost_aware``'s last measured ``(step, validation loss)``.
+    ``reference`` is ``cost_aware``'s last measured ``(step, validation loss)``;
+    ``snapshot`` is ``delta_span="interval"``'s ``(step it was taken before, tensors)``: this
+    rank's shards of the trainable parameters, in the order of the optimizer's groups.
     """
 
     config: Config
@@ -32,8 +38,13 @@ class WrapperState:
     enabled: bool
     reference: tuple[int, float] | None
     stats: FastForwardStats
+    snapshot: tuple[int, list[Tensor]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        snapshot = {}
+        if self.snapshot is not None:
+            step, tensors = self.snapshot
+            snapshot = {"interval_snapshot": {"step": step, "tensors": tensors}}
         return {
             "version": FORMAT_VERSION,
             "hyperparameters": self.config.to_dict(),
@@ -41,6 +52,7 @@ class WrapperState:
             **self.schedule.to_dict(),
             "reference": None if self.reference is None else list(self.reference),
             "stats": self.stats.to_dict(),
+            **snapshot,
         }
 
     @classmethod
@@ -67,11 +79,12 @@ class WrapperState:
             enabled = _saved_bool(state, "enabled")
             schedule = Schedule.from_dict(state, config, stats.optimizer_steps)
             reference = _saved_reference(state.get("reference"))
+            snapshot = _saved_snapshot(state.get("interval_snapshot"), config, stats)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(
                 f"fastforward: the {WRAPPER!r} entry of the state_dict is malformed: {error!r}"
             ) from error
-        return cls(config, schedule, enabled, reference, stats)
+        return cls(config, schedule, enabled, reference, stats, snapshot)
 
 
 def _saved_reference(value: object) -> tuple[int, float] | None:
@@ -84,3 +97,26 @@ def _saved_reference(value: object) -> tuple[int, float] | None:
     if _is_bool(loss) or not isinstance(loss, (int, float)):
         raise TypeError(f"reference loss must be a number, got {loss!r}")
     return _check_int("reference", step, 0), float(loss)
+
+
+def _saved_snapshot(
+    value: object, config: Config, stats: FastForwardStats
+) -> tuple[int, list[Tensor]] | None:
+    """A saved ``{"step": int, "tensors": [Tensor, ...]}``, or None."""
+    if value is None:
+        return None
+    if config.delta_span != "interval":
+        raise ValueError(
+            f"interval_snapshot is saved only with delta_span='interval', not {config.delta_span!r}"
+        )
+    if not isinstance(value, dict) or set(value) != {"step", "tensors"}:
+        raise TypeError(f"interval_snapshot must be a dict of step and tensors, got {value!r}")
+    step = _check_int("interval_snapshot.step", value["step"], 1)
+    if step > stats.optimizer_steps:
+        raise ValueError(
+            f"interval_snapshot.step {step} is after the last saved step {stats.optimizer_steps}"
+        )
+    tensors = value["tensors"]
+    if not isinstance(tensors, list) or not all(isinstance(t, Tensor) for t in tensors):
+        raise TypeError("interval_snapshot.tensors must be a list of tensors")
+    return step, tensors

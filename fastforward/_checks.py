@@ -70,6 +70,19 @@ def _check_cost_ratio(cost_ratio: object) -> float | None:
     return value
 
 
+DELTA_SPANS = ("step", "interval")
+
+
+def _check_delta_span(delta_span: object) -> str:
+    """``"step"`` or ``"interval"`` (a ``str`` enum is stored as the plain string it equals)."""
+    if not isinstance(delta_span, str) or delta_span not in DELTA_SPANS:
+        raise ValueError(
+            f"fastforward: delta_span must be one of {DELTA_SPANS} (the update of the last "
+            f"optimizer step, or of the whole interval), got {delta_span!r}"
+        )
+    return str.__str__(delta_span)
+
+
 def _check_min_improvement(min_improvement: object) -> float:
     value = _check_float("min_improvement", min_improvement)
     if not 0.0 <= value < 1.0:

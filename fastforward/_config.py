@@ -16,6 +16,7 @@ from fastforward._checks import (
     MAX_TAU_LIMIT,
     _check_bool,
     _check_cost_ratio,
+    _check_delta_span,
     _check_int,
     _check_interval_bounds,
     _check_max_tau_ratio,
@@ -48,6 +49,7 @@ class Config:
     patience: int | None = 3
     search: str | SearchStrategy = DEFAULT_SEARCH
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
+    delta_span: str = "step"
     cost_aware: bool = False
     cost_ratio: float | None = None
 
@@ -67,11 +69,22 @@ class Config:
             # A str subclass (an enum) is stored as the plain string it equals.
             "search": str.__str__(self.search) if isinstance(self.search, str) else self.search,
             "min_improvement": _check_min_improvement(self.min_improvement),
+            "delta_span": _check_delta_span(self.delta_span),
             "cost_aware": _check_bool("cost_aware", self.cost_aware),
             "cost_ratio": _check_cost_ratio(self.cost_ratio),
         }
+        if checked["delta_span"] == "interval" and bounds is not None:
+            raise ValueError(
+                "fastforward: delta_span='interval' cannot be combined with adaptive_interval "
+                "(which resizes the interval that Δ spans); pass one of them"
+            )
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+
+    @property
+    def delta_steps(self) -> int:
+        """Optimizer steps that Δ spans, so one unit of τ: 1, or ``interval``."""
+        return self.interval if self.delta_span == "interval" else 1
 
     def arguments(self) -> str:
         """``name=value, ...`` in the order of the signature, the search by its name."""
@@ -106,7 +119,9 @@ class Config:
         return values
 
 
-_ADDED_AFTER_FORMAT_1 = ("max_tau_ratio", "adaptive_interval", "cost_aware", "cost_ratio")
+_ADDED_AFTER_FORMAT_1 = (
+    "max_tau_ratio", "adaptive_interval", "delta_span", "cost_aware", "cost_ratio",
+)  # fmt: skip
 
 
 def _saved_search(name: object, own_search: str | SearchStrategy) -> object:
@@ -146,11 +161,22 @@ class Schedule:
             return (step - config.warmup) % config.interval == 0
         return step - self.last_scheduled_step >= self.interval_now
 
+    def snapshot_due(self, step: int, config: Config) -> bool:
+        """Whether ``W`` is copied before optimizer step ``step``: ``Δ`` of a stage starts there.
+
+        That is the due step itself, or with ``delta_span="interval"`` the first step of the
+        interval that ends with one (its W is where the previous stage landed).
+        """
+        return self.due(step + config.delta_steps - 1, config)
+
     def max_tau(self, config: Config) -> int:
-        """``max_tau``, capped at ``max_tau_ratio`` current intervals (at least 1)."""
+        """``max_tau``, capped at ``max_tau_ratio`` current intervals' worth of steps (>= 1)."""
         if config.max_tau_ratio is None:
             return config.max_tau
-        cap = config.max_tau_ratio * self.interval_now
+        if config.delta_span == "interval":  # τ counts intervals already
+            cap = config.max_tau_ratio
+        else:
+            cap = config.max_tau_ratio * self.interval_now
         return config.max_tau if cap >= config.max_tau else max(1, math.floor(cap))
 
     def start_tau(self, max_tau: int) -> int:

@@ -93,7 +93,9 @@ class StageBuffers:
         owners: The parameters the next stage moves.
         params: What it writes: their local shards (FSDP2), else the parameters themselves.
         anchor: ``W_n`` during a stage.
-        delta: ``W_{n-1}`` from :meth:`snapshot_` to :meth:`reverse_`, then ``-Δ``.
+        delta: The snapshot of ``W`` from :meth:`snapshot_` to :meth:`reverse_`, then ``-Δ``.
+        taken_at: The optimizer step before which the snapshot was taken, while it is held
+            (``None`` before the first, after :meth:`reverse_` or :meth:`free`).
     """
 
     def __init__(self) -> None:
@@ -104,15 +106,57 @@ class StageBuffers:
         self.params: list[Tensor] = []
         self.anchor: list[Tensor] = []
         self.delta: list[Tensor] = []
+        self.taken_at: int | None = None
         self._layout: list[tuple[torch.Size, torch.dtype, torch.device]] = []
 
     @torch.no_grad()
-    def snapshot_(self, owners: list[Tensor], model: nn.Module, *, foreach: bool) -> None:
-        """Before the step that a stage follows: copy ``W_{n-1}`` of ``owners`` into ``delta``.
+    def snapshot_(
+        self, owners: list[Tensor], model: nn.Module, step: int, *, foreach: bool
+    ) -> None:
+        """Before optimizer step ``step``: copy ``W`` of ``owners`` into ``delta``.
 
         Raises:
             RuntimeError: an owner is not a parameter of ``model`` (checked when they change).
         """
+        self._fit(owners, model)
+        _copy_(self.delta, self.params, foreach=foreach)
+        self.taken_at = step
+
+    def holds_snapshot(self, owners: list[Tensor], step: int) -> bool:
+        """Whether ``delta`` holds a snapshot of ``owners`` as they are, taken before ``step``."""
+        layout = [(p.shape, p.dtype, p.device) for p in map(_local_shard, owners)]
+        return (
+            self.taken_at == step and layout == self._layout and _same_tensors(owners, self.owners)
+        )
+
+    @torch.no_grad()
+    def restore_(
+        self, owners: list[Tensor], model: nn.Module, step: int, saved: list[Tensor]
+    ) -> None:
+        """Load a snapshot that :meth:`snapshot_` took before ``step`` (from a checkpoint).
+
+        Raises:
+            ValueError: ``saved`` does not match the local shards of ``owners`` one to one in
+                shape and dtype; nothing is changed then.
+        """
+        check_restorable(owners, saved)
+        self._fit(owners, model)
+        for d, s in zip(self.delta, saved, strict=True):
+            d.copy_(s)  # to the parameter's device, bit for bit
+        self.taken_at = step
+
+    @torch.no_grad()
+    def reverse_(self, *, foreach: bool) -> float:
+        """After the step: turn the snapshot into ``-Δ`` in place; its largest ``|x|`` here.
+
+        0.0 if Δ is all zero, NaN or inf if it is not finite.
+        """
+        self.taken_at = None
+        _reversed_delta_from_snapshot_(self.delta, self.params, foreach=foreach)
+        return _max_abs(self.delta)
+
+    def _fit(self, owners: list[Tensor], model: nn.Module) -> None:
+        """Point the buffers at ``owners``; reallocate them if their layout changed."""
         params = [_local_shard(p) for p in owners]
         # model.to(...) changes a parameter's device or dtype in place: identity is not enough.
         layout = [(p.shape, p.dtype, p.device) for p in params]
@@ -122,16 +166,22 @@ class StageBuffers:
             self.anchor = [torch.empty_like(p) for p in params]
             self.delta = [torch.empty_like(p) for p in params]
         self.params = params
-        _copy_(self.delta, params, foreach=foreach)
 
-    @torch.no_grad()
-    def reverse_(self, *, foreach: bool) -> float:
-        """After the step: turn the snapshot into ``-Δ`` in place; its largest ``|x|`` here.
 
-        0.0 if Δ is all zero, NaN or inf if it is not finite.
-        """
-        _reversed_delta_from_snapshot_(self.delta, self.params, foreach=foreach)
-        return _max_abs(self.delta)
+def check_restorable(owners: list[Tensor], saved: list[Tensor]) -> None:
+    """Raise ``ValueError`` unless ``saved[i]`` has the shape and dtype of ``owners[i]``'s shard."""
+    params = [_local_shard(p) for p in owners]
+    if len(saved) != len(params):
+        raise ValueError(
+            f"fastforward: the checkpoint's interval_snapshot holds {len(saved)} tensors for "
+            f"{len(params)} trainable parameters"
+        )
+    for i, (s, p) in enumerate(zip(saved, params, strict=True)):
+        if s.shape != p.shape or s.dtype != p.dtype:
+            raise ValueError(
+                f"fastforward: the checkpoint's interval_snapshot[{i}] is a {s.dtype} tensor "
+                f"of shape {tuple(s.shape)}; its parameter is {p.dtype} {tuple(p.shape)}"
+            )
 
 
 def _same_tensors(tensors: list[Tensor], others: list[Tensor]) -> bool:

@@ -31,7 +31,8 @@ def stage_payoff(
         return 0.0
     if not training_gain_per_step > 0:
         return math.inf
-    return stage_gain / (training_gain_per_step * evaluations * cost_ratio)
+    # Divided in turn: the product of a tiny rate and the cost could underflow to zero.
+    return stage_gain / training_gain_per_step / (evaluations * cost_ratio)
 
 
 @dataclass

@@ -25,6 +25,9 @@ class StageRecord:
         payoff: With ``cost_aware``: training steps' worth of validation loss the stage bought
             per training step its passes cost (below 1: it did not pay, and Fast Forward
             stepped aside); ``None`` when off or not yet measurable.
+        delta_steps: Optimizer steps that Δ spans, the unit of ``tau``: 1 (the last step's
+            update), or the interval with ``delta_span="interval"``. The stage simulated
+            ``tau * delta_steps`` steps.
     """
 
     step: int
@@ -36,6 +39,7 @@ class StageRecord:
     rejected_tau: int | None = None
     rejected_loss: float | None = None
     payoff: float | None = None
+    delta_steps: int = 1
 
 
 @dataclass
@@ -47,9 +51,11 @@ class FastForwardStats:
             and simulated steps are not counted; a step skipped by a ``GradScaler`` never reaches
             the wrapper and is not counted either.
         stages: Stages that ran (searched along Δ), whatever ``tau`` they accepted.
-        skipped_stages: Scheduled stages that did not run because Δ was all zero or not finite,
-            or because the validation loss at ``W_n`` was not finite.
-        simulated_steps: Sum of the accepted ``tau`` over all stages.
+        skipped_stages: Scheduled stages that did not run: Δ was all zero or not finite, the
+            validation loss at ``W_n`` was not finite, no parameter required grad, or (with
+            ``delta_span="interval"``) the interval's snapshot of ``W`` was missing.
+        simulated_steps: Optimizer steps' worth the stages simulated: the sum of
+            ``tau * delta_steps`` over all stages.
         evaluations: ``val_closure`` calls made by all stages.
         stage_seconds: Wall time spent in stages.
         gave_up_at_step: The optimizer step after which Fast Forward switched itself off for
@@ -113,7 +119,7 @@ class FastForwardStats:
 
 _COUNTS = {
     "optimizer_steps", "stages", "skipped_stages", "simulated_steps", "evaluations", "step",
-    "tau", "gave_up_at_step", "rejected_tau",
+    "tau", "gave_up_at_step", "rejected_tau", "delta_steps",
 }  # fmt: skip
 _NUMBERS = {
     "stage_seconds", "loss_before", "loss_after", "seconds", "rejected_loss", "payoff",

@@ -49,8 +49,14 @@ class WrapperState:
         self.ff = ff
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"json": <ff.wrapper_state_dict() as JSON>}``: what DCP saves."""
-        return {"json": json.dumps(self.ff.wrapper_state_dict())}
+        """``{"json": <ff.wrapper_state_dict() as JSON>}``: what DCP saves.
+
+        Without ``delta_span="interval"``'s snapshot (tensors): resumed inside an interval,
+        the wrapper skips that interval's stage, and says so in the log.
+        """
+        state = self.ff.wrapper_state_dict()
+        state.pop("interval_snapshot", None)
+        return {"json": json.dumps(state)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load what :meth:`state_dict` returned into the wrapper (``load_wrapper_state_dict``)."""

@@ -28,7 +28,7 @@ from fastforward._checks import (
 from fastforward._config import Config, Schedule
 from fastforward._distributed import _collective_device, _max_across_ranks, _mean_across_ranks
 from fastforward._docs import shares_args
-from fastforward._kernels import StageBuffers
+from fastforward._kernels import StageBuffers, check_restorable
 from fastforward._logs import (
     StageProgress,
     log,
@@ -99,6 +99,13 @@ class FastForward(Optimizer):
             ``functools.partial`` with its arguments): the wrapper that loads it must be given
             the same callable, so prefer a module-level function to a lambda.
         min_improvement: {shared}
+        delta_span: ``"step"``: Δ is the last step's update, as in the paper. ``"interval"``:
+            Δ is the whole interval's, ``W_n - W_{n-interval}`` (from where the previous stage
+            landed), and τ counts intervals: less noisy at a tuned learning rate
+            (``docs/results.md``). The snapshot of ``W`` is then held through the interval and
+            saved in ``state_dict()``; a stage whose interval began before ``enabled`` was set,
+            or before a checkpoint without it was loaded, is skipped. Not with
+            ``adaptive_interval`` (default: ``"step"``).
         cost_aware: Step aside (off for good) after the first stage that bought less validation
             loss than training would have with the same compute; each stage's ratio of the two
             is ``StageRecord.payoff`` (``docs/algorithm.md``; default: ``False``).
@@ -137,7 +144,8 @@ class FastForward(Optimizer):
 
     .. note::
         Memory: two copies of the trainable parameters (``W_n`` and ``Δ``) from the first stage
-        until Fast Forward is off: a few MB with LoRA; see ``keep_buffers`` for full rank.
+        (``delta_span="interval"``: the first interval) until Fast Forward is off: a few MB with
+        LoRA; see ``keep_buffers`` for full rank.
 
     .. warning::
         Fast Forward helps low-rank finetuning (LoRA, DoRA). On full-rank training the paper finds
@@ -158,6 +166,7 @@ class FastForward(Optimizer):
         patience: int | None = 3,
         search: str | SearchStrategy = DEFAULT_SEARCH,
         min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
+        delta_span: str = "step",
         cost_aware: bool = False,
         cost_ratio: float | None = None,
         enabled: bool = True,
@@ -176,7 +185,7 @@ class FastForward(Optimizer):
         refuse_second_wrapper(optimizer)
         config = Config(  # the hyperparameters, checked: the fields in the signature's order
             *(interval, warmup, max_tau, max_tau_ratio, adaptive_interval, patience, search),
-            *(min_improvement, cost_aware, cost_ratio),
+            *(min_improvement, delta_span, cost_aware, cost_ratio),
         )
         self._closure_takes_stage = _check_closure_signature(val_closure)
         # Optimizer.__init__ sets up hooks and profiling; it gets copies of the group dicts and
@@ -279,7 +288,8 @@ class FastForward(Optimizer):
             if self._cost.reference is None and self.active and step > self.config.warmup:
                 self._measure_reference(step - 1)
         stage_due = self.active and self._schedule.due(step, self.config)
-        movable = stage_due and self._snapshot_()
+        if self.active and self._schedule.snapshot_due(step, self.config):
+            self._snapshot_(step)
         self._stepping = True
         try:
             loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
@@ -289,10 +299,11 @@ class FastForward(Optimizer):
         if stage_due:
             self._schedule.last_scheduled_step = step
             try:
-                if movable:
+                unmovable = self._why_unmovable(step)
+                if unmovable is None:
                     self._stage()
                 else:
-                    self._skip_stage(step, "no parameter requires grad", logging.INFO)
+                    self._skip_stage(step, unmovable, logging.INFO)
             finally:
                 if not self.keep_buffers:
                     self._free_buffers()
@@ -316,9 +327,12 @@ class FastForward(Optimizer):
 
         The extra entry, ``"fastforward"`` (:meth:`wrapper_state_dict`), holds the counters, the
         schedule, the hyperparameters and the stage history as plain dicts, lists and numbers,
-        so the result loads with ``torch.load(..., weights_only=True)``. The step buffers are not
-        saved: they are refilled before each stage, so a checkpoint taken between steps resumes
-        bitwise.
+        so the result loads with ``torch.load(..., weights_only=True)``. The stage buffers are
+        not saved: they are refilled before each stage, so a checkpoint taken between steps
+        resumes bitwise. With ``delta_span="interval"``, a checkpoint inside an interval also
+        holds the snapshot of ``W`` taken at its start (``"interval_snapshot"``: tensors, this
+        rank's shards under FSDP2), references to the buffers as torch optimizers' own
+        ``state_dict()`` are.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -349,7 +363,7 @@ class FastForward(Optimizer):
         base_state = dict(state_dict)
         saved = base_state.pop(WRAPPER, None)
         # Checked before anything is loaded, so that a rejected dict changes nothing.
-        parsed = None if saved is None else WrapperState.from_dict(saved, self.config.search)
+        parsed = None if saved is None else self._parsed_wrapper_state(saved)
         self.optimizer.load_state_dict(base_state)
         if parsed is None:
             log_no_wrapper_entry(self.process_group, WRAPPER, self.stats, self.active)
@@ -364,10 +378,18 @@ class FastForward(Optimizer):
         For checkpoint tools that keep only ``state`` and ``param_groups`` of an optimizer: save
         this dict beside theirs and give it to :meth:`load_wrapper_state_dict` after theirs is
         loaded (for ``torch.distributed.checkpoint``, ``fastforward.dcp.WrapperState`` does
-        both). Plain dicts, lists and numbers; the same on every rank but for the timings.
+        both). Plain dicts, lists and numbers, the same on every rank but for the timings; and
+        with ``delta_span="interval"`` the interval's snapshot (see :meth:`state_dict`).
         """
+        snapshot = None
+        taken_at = self._buffers.taken_at
+        if self.config.delta_span == "interval" and taken_at is not None:
+            # Taken before a step that raised, it will be taken again: only a finished step's.
+            snapshot = (
+                (taken_at, self._buffers.delta) if taken_at <= self.stats.optimizer_steps else None
+            )
         state = WrapperState(
-            self.config, self._schedule, self.enabled, self._cost.reference, self.stats
+            self.config, self._schedule, self.enabled, self._cost.reference, self.stats, snapshot
         )
         return state.to_dict()
 
@@ -378,7 +400,14 @@ class FastForward(Optimizer):
             ValueError: ``state`` is malformed; nothing is changed then.
         """
         self._refuse_during_stage("load_wrapper_state_dict()")
-        self._set_wrapper_state(WrapperState.from_dict(state, self.config.search))
+        self._set_wrapper_state(self._parsed_wrapper_state(state))
+
+    def _parsed_wrapper_state(self, saved: object) -> WrapperState:
+        """The checked entry (``ValueError`` if malformed), nothing loaded yet."""
+        parsed = WrapperState.from_dict(saved, self.config.search)
+        if parsed.snapshot is not None:
+            check_restorable(self._trainable_params(), parsed.snapshot[1])
+        return parsed
 
     def _set_wrapper_state(self, saved: WrapperState) -> None:
         self.config, self._schedule, self.stats = saved.config, saved.schedule, saved.stats
@@ -388,6 +417,11 @@ class FastForward(Optimizer):
         self.enabled = saved.enabled
         if self._schedule.gave_up:
             self._free_buffers()
+        elif saved.snapshot is not None:
+            step, tensors = saved.snapshot
+            self._buffers.restore_(self._trainable_params(), self.model, step, tensors)
+        else:  # what the buffers hold belongs to the run before the load
+            self._buffers.taken_at = None
 
     def _trainable_params(self) -> list[Tensor]:
         """The tensors a stage moves: trainable, each once (by identity), in group order."""
@@ -426,15 +460,28 @@ class FastForward(Optimizer):
     def _free_buffers(self) -> None:
         self._buffers.free()
 
-    def _snapshot_(self) -> bool:
-        """Before the step that a stage follows: record ``W_{n-1}`` in the Δ buffers.
+    def _snapshot_(self, step: int) -> None:
+        """Before optimizer step ``step``: copy ``W`` into the Δ buffers, if any tensor trains.
 
-        Returns whether there is anything to move (some tensor still requires grad).
+        That ``W`` is ``W_{n-1}``, or with ``delta_span="interval"`` the interval's first.
         """
         owners = self._trainable_params()
         if owners:
-            self._buffers.snapshot_(owners, self.model, foreach=self.foreach)
-        return bool(owners)
+            self._buffers.snapshot_(owners, self.model, step, foreach=self.foreach)
+
+    def _why_unmovable(self, step: int) -> str | None:
+        """After due step ``step``: why no stage can run, or None if the snapshot is Δ's start."""
+        owners = self._trainable_params()
+        if not owners:
+            return "no parameter requires grad"
+        if self._buffers.holds_snapshot(owners, step - self.config.delta_steps + 1):
+            return None
+        if self._buffers.taken_at is not None:
+            return "the trainable parameters changed since the interval began"
+        return (
+            "no snapshot of W from the start of the interval (Fast Forward was enabled, or a "
+            "checkpoint without one loaded, after it began)"
+        )
 
     @torch.no_grad()
     def _stage(self) -> None:
@@ -465,9 +512,10 @@ class FastForward(Optimizer):
         if self.config.cost_aware:
             payoff = self._cost.payoff(step, before, after, passes, progress.seconds)
         rejected = (result.rejected_tau, result.rejected_loss)
+        span = self.config.delta_steps
         self._record_stage(
             StageRecord(
-                step, result.tau, before, after, passes, progress.seconds, *rejected, payoff
+                step, result.tau, before, after, passes, progress.seconds, *rejected, payoff, span
             )
         )
 
@@ -507,7 +555,7 @@ class FastForward(Optimizer):
     def _record_stage(self, record: StageRecord) -> None:
         stats = self.stats
         stats.stages += 1
-        stats.simulated_steps += record.tau
+        stats.simulated_steps += record.tau * record.delta_steps
         stats.history.append(record)
         out_of_patience = self._schedule.record(record.tau, self.config)
         log_stage(self.process_group, record, self.config.min_improvement)

@@ -43,7 +43,7 @@ class ReferenceFastForward:
     """Fast Forward as a plain loop over the documented schedule (docs/algorithm.md).
 
     In the spirit of schedule_free's ``*Reference`` optimizers: slow, with explicit ``.clone()``s,
-    a stage's ``Δ`` computed as ``W_n - W_{n-1}`` from a copy taken before every step, and the
+    a stage's ``Δ`` computed as ``W_n - W_{n-1}`` from a copy taken before step ``n``, and the
     bookkeeping in plain attributes. The stage itself is the public
     :func:`fastforward.fast_forward_stage` (tested against the search rules in test_stage.py and
     test_search.py); what this class owns is the schedule around it:
@@ -56,7 +56,12 @@ class ReferenceFastForward:
       that cap;
     - after a stage with ``τ >= current_interval`` the interval halves, after one with ``τ <= 1``
       it doubles, clamped to ``adaptive_interval``;
-    - after ``patience`` stages in a row that accepted ``τ = 0`` there are no more stages.
+    - after ``patience`` stages in a row that accepted ``τ = 0`` there are no more stages;
+    - ``delta_span="interval"``: ``Δ = W_n - W_s``, where ``W_s`` is a copy taken before the
+      interval's first step ``s = n - interval + 1`` if Fast Forward was active then and has not
+      been disabled since (else the stage is skipped); τ counts intervals: the record's
+      ``delta_steps`` is ``interval``, ``simulated_steps`` grows by ``τ * interval`` and
+      ``max_tau_ratio`` caps τ at ``floor(ratio)``.
 
     ``stats`` is the wrapper's own :class:`fastforward.FastForwardStats`, filled the same way, with
     every timing left at 0 (compare with :func:`without_timings`). ``cost_aware``, ``on_stage``
@@ -80,6 +85,7 @@ class ReferenceFastForward:
         patience: int | None = 3,
         search: str | Callable[..., None] = "parabolic",
         min_improvement: float = 1e-3,
+        delta_span: str = "step",
         enabled: bool = True,
     ) -> None:
         self.optimizer, self.model, self.val_closure = optimizer, model, val_closure
@@ -87,6 +93,8 @@ class ReferenceFastForward:
         self.max_tau, self.max_tau_ratio = max_tau, max_tau_ratio
         self.adaptive_interval = adaptive_interval
         self.search, self.min_improvement = search, min_improvement
+        self.span = interval if delta_span == "interval" else 1
+        self.interval_start: tuple[int, list[torch.Tensor]] | None = None  # (s, W_s)
         self.enabled = enabled
         self.stats = FastForwardStats()
         self.gave_up = False
@@ -94,6 +102,16 @@ class ReferenceFastForward:
         self.last_tau = 0
         self.current_interval = interval
         self.last_scheduled_step = warmup
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = value
+        if not value:
+            self.interval_start = None
 
     @property
     def active(self) -> bool:
@@ -106,12 +124,18 @@ class ReferenceFastForward:
         n = self.stats.optimizer_steps + 1
         due = self.stage_due(n)
         params = self.trainable_params()
-        before = [p.detach().clone() for p in params]  # W_{n-1}
+        if self.stage_due(n + self.span - 1):  # the first step of an interval that ends in one
+            self.interval_start = (n, [p.detach().clone() for p in params])
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
         self.stats.optimizer_steps = n
         if due:
             self.last_scheduled_step = n
-            self.stage(n, params, before)
+            start = self.interval_start
+            self.interval_start = None
+            if start is None or start[0] != n - self.span + 1:
+                self.stats.skipped_stages += 1
+            else:
+                self.stage(n, params, start[1])
         return loss
 
     def stage_due(self, n: int) -> bool:
@@ -133,7 +157,10 @@ class ReferenceFastForward:
     def max_tau_now(self) -> int:
         if self.max_tau_ratio is None:
             return self.max_tau
-        return min(self.max_tau, max(1, math.floor(self.max_tau_ratio * self.current_interval)))
+        intervals = self.max_tau_ratio * self.current_interval / self.span
+        if self.span > 1:  # τ counts intervals: the ratio itself, without a rounding
+            intervals = self.max_tau_ratio
+        return min(self.max_tau, max(1, math.floor(intervals)))
 
     def stage(self, n: int, params: list[torch.Tensor], before: list[torch.Tensor]) -> None:
         delta = [p.detach().clone() - w for p, w in zip(params, before, strict=True)]  # Δ
@@ -165,7 +192,7 @@ class ReferenceFastForward:
     def record(self, n: int, result: StageResult) -> None:
         stats = self.stats
         stats.stages += 1
-        stats.simulated_steps += result.tau
+        stats.simulated_steps += result.tau * self.span
         stats.history.append(
             StageRecord(
                 n,
@@ -176,6 +203,7 @@ class ReferenceFastForward:
                 0.0,
                 result.rejected_tau,
                 result.rejected_loss,
+                delta_steps=self.span,
             )
         )
         self.last_tau = result.tau

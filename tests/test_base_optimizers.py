@@ -140,9 +140,10 @@ def _assert_same_optimizer_state(a, b):
 
 
 @each_optimizer
-def test_wrapper_is_bitwise_the_reference(info):
-    model, ff = _setup(info, FastForward)
-    reference_model, reference = _setup(info, ReferenceFastForward)
+@pytest.mark.parametrize("delta_span", ["step", "interval"])
+def test_wrapper_is_bitwise_the_reference(info, delta_span):
+    model, ff = _setup(info, FastForward, delta_span=delta_span)
+    reference_model, reference = _setup(info, ReferenceFastForward, delta_span=delta_span)
     for n in range(1, STEPS + 1):
         _train_step(info, model, ff)
         _train_step(info, reference_model, reference)
@@ -175,25 +176,36 @@ def test_disabled_wrapper_is_bitwise_the_bare_optimizer(info):
 
 
 # Resume with every piece of schedule state in play: the adaptive interval and the step of the
-# last stage, the previous τ (warm_start starts from it), the count of failed stages in a row.
-RESUME_OPTIONS = {"adaptive_interval": (2, 6), "search": "warm_start", "patience": 2}
+# last stage, the previous τ (warm_start starts from it), the count of failed stages in a row;
+# or Δ over the interval, whose snapshot of W_s the checkpoint must carry inside the interval.
+RESUME_OPTIONS = {
+    "adaptive-interval": {"adaptive_interval": (2, 6), "search": "warm_start", "patience": 2},
+    "interval-delta": {"delta_span": "interval", "search": "warm_start", "patience": 2},
+}
 
 
 @each_optimizer
-@pytest.mark.parametrize("after", [0, 1], ids=["right-after-a-stage", "between-stages"])
-def test_resumed_run_is_bitwise_the_uninterrupted_run(info, after):
+@pytest.mark.parametrize("options", RESUME_OPTIONS.values(), ids=RESUME_OPTIONS.keys())
+@pytest.mark.parametrize("where", ["right-after-a-stage", "one-step-later", "before-a-stage"])
+def test_resumed_run_is_bitwise_the_uninterrupted_run(info, options, where):
     """Model and ``ff.state_dict()`` (the wrapped optimizer's state included) through disk."""
-    reference_model, reference = _setup(info, ReferenceFastForward, **RESUME_OPTIONS)
+    reference_model, reference = _setup(info, ReferenceFastForward, **options)
     expected = _train(info, reference_model, reference, STEPS)
     stage_steps = [record.step for record in reference.stats.history]
     assert len(stage_steps) >= 3
     assert stage_steps[-2] + 1 < stage_steps[-1]  # a step between the last two stages
-    split = stage_steps[-2] + after
+    split = {
+        "right-after-a-stage": stage_steps[-2],
+        "one-step-later": stage_steps[-2] + 1,
+        "before-a-stage": stage_steps[-1] - 1,
+    }[where]
 
-    model, ff = _setup(info, FastForward, **RESUME_OPTIONS)
+    model, ff = _setup(info, FastForward, **options)
     trajectory = _train(info, model, ff, split)
     checkpoint = through_disk({"model": model.state_dict(), "optimizer": ff.state_dict()})
-    model, ff = _setup(info, FastForward, **RESUME_OPTIONS)
+    has_snapshot = "interval_snapshot" in checkpoint["optimizer"]["fastforward"]
+    assert has_snapshot == (options.get("delta_span") == "interval" and split not in stage_steps)
+    model, ff = _setup(info, FastForward, **options)
     model.load_state_dict(checkpoint["model"])
     ff.load_state_dict(checkpoint["optimizer"])
     trajectory += _train(info, model, ff, STEPS - split)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from fractions import Fraction
 
 import pytest
 import torch
@@ -29,15 +31,19 @@ def test_payoff_is_above_one_iff_the_stage_beat_training_on_its_compute(
     gain, evaluations, cost_ratio, rate
 ):
     payoff = stage_payoff(gain, evaluations, cost_ratio, rate)
-    training_would_buy = rate * evaluations * cost_ratio
     if gain == 0:
         assert payoff == 0
     elif rate <= 0:
         assert payoff == math.inf
-    else:
-        assert payoff == pytest.approx(gain / training_would_buy, rel=1e-12)
-        assume(not math.isclose(gain, training_would_buy, rel_tol=1e-9))
-        assert (payoff >= 1) == (gain > training_would_buy)
+    else:  # against exact rational arithmetic: subnormal rates and gains included
+        training_would_buy = Fraction(rate) * evaluations * Fraction(cost_ratio)
+        exact = Fraction(gain) / training_would_buy
+        if exact > sys.float_info.max:
+            assert payoff == math.inf
+        elif exact >= sys.float_info.min:  # a normal float: a few roundings away
+            assert payoff == pytest.approx(float(exact), rel=1e-12)
+        assume(abs(exact - 1) > Fraction(1, 10**9))
+        assert (payoff >= 1) == (Fraction(gain) > training_would_buy)
 
 
 class Line(torch.nn.Module):

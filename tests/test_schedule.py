@@ -162,6 +162,7 @@ def _options(draw):
         "patience": draw(st.none() | st.integers(1, 3)),
         "search": draw(st.sampled_from(SEARCH_STRATEGIES)),
         "min_improvement": draw(st.sampled_from([0.0, 1e-3, 0.05, 0.3])),  # 0.3: give up
+        "delta_span": "step" if adaptive else draw(st.sampled_from(["step", "interval"])),
     }
 
 

@@ -1,0 +1,232 @@
+"""``delta_span="interval"``: Δ over the whole interval, its snapshot, and its checkpoint.
+
+The schedule under every option is checked against ``ReferenceFastForward`` in test_schedule.py,
+and the resume over the base-optimizer table in test_base_optimizers.py; here: the closed form on
+quadratics, the snapshot's life (skipped stages, a checkpoint with and without it) and the
+checks on bad input.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import json
+import logging
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from reference import (
+    ReferenceFastForward,
+    bitwise_equal,
+    integer_minimiser,
+    quadratic_along_ray,
+    without_timings,
+)
+from strategies import Quadratic, fixed_quadratic, quadratics, through_disk, train
+
+from fastforward import FastForward, StageRecord
+from fastforward.dcp import WrapperState
+
+
+def _make(spec=None, *, lr=0.02, **options):
+    model = Quadratic(spec or fixed_quadratic())
+    options = {"interval": 4, "delta_span": "interval", "patience": None, **options}
+    return model, FastForward(torch.optim.Adam([model.x], lr=lr), model, model, **options)
+
+
+@given(
+    spec=quadratics(max_dim=4),
+    val=quadratics(max_dim=4),
+    interval=st.integers(1, 6),
+    lr=st.floats(1e-3, 0.1),
+)
+def test_the_first_stage_lands_on_the_closed_form_minimiser_along_the_intervals_update(
+    spec, val, interval, lr
+):
+    """SGD on one quadratic, validation on another: ``τ*`` along ``Δ = W_n - W_0`` is exact."""
+    assume(spec.dim == val.dim)
+    model = Quadratic(spec)
+
+    def val_loss():
+        e = model.x.detach().numpy() - val.x_star
+        return 0.5 * e @ val.a @ e
+
+    sgd = torch.optim.SGD([model.x], lr=lr)
+    ff = FastForward(sgd, model, val_loss, interval, delta_span="interval", search="linear",
+                     min_improvement=0.0, max_tau=200)  # fmt: skip
+    bare_model = copy.deepcopy(model)
+    train(bare_model, torch.optim.SGD([bare_model.x], lr=lr), interval)
+    w_s, w_n = spec.x0, bare_model.x.detach().numpy()  # W before step 1, W_n before the stage
+    _, b, c = quadratic_along_ray(val.a, val.x_star, w_n, w_n - w_s)
+    assume(c > 1e-12)
+    threshold = 0.5 - b / c  # φ(τ) < φ(τ-1) iff τ < threshold
+    assume(abs(threshold - round(threshold)) > 1e-6)  # no tie for rounding to break
+
+    train(model, ff, interval)
+
+    (record,) = ff.stats.history
+    assert (record.step, record.delta_steps) == (interval, interval)
+    assert record.tau == integer_minimiser(b, c, 200)
+    assert ff.stats.simulated_steps == record.tau * interval
+    expected = torch.from_numpy(w_n).add(torch.from_numpy(w_n - w_s), alpha=record.tau)
+    torch.testing.assert_close(model.x.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_takes_its_copies_at_the_intervals_first_steps_by_hand():
+    """interval 3, warmup 1: copies before steps 2, 5, 8; stages after 4, 7, 10 (τ in 3s)."""
+    model = Quadratic(fixed_quadratic())
+    copies = []
+    reference = ReferenceFastForward(
+        torch.optim.SGD([model.x], lr=0.01), model, model, 3, warmup=1, delta_span="interval"
+    )
+    for n in range(1, 11):
+        model().backward()
+        reference.step()
+        reference.zero_grad()
+        if reference.interval_start is not None and reference.interval_start[0] == n:
+            copies.append(n)
+    assert copies == [2, 5, 8]
+    assert [r.step for r in reference.stats.history] == [4, 7, 10]
+    assert all(r.delta_steps == 3 and r.tau > 0 for r in reference.stats.history)
+    assert reference.stats.simulated_steps == 3 * sum(r.tau for r in reference.stats.history)
+
+
+def test_a_stage_whose_interval_began_while_disabled_is_skipped_and_the_next_runs(caplog):
+    model, ff = _make()
+    ff.enabled = False
+    train(model, ff, 1)  # step 1 opens the interval: no snapshot while disabled
+    ff.enabled = True
+    with caplog.at_level(logging.INFO, logger="fastforward"):
+        train(model, ff, 3)
+    assert (ff.stats.stages, ff.stats.skipped_stages, ff.stats.evaluations) == (0, 1, 0)
+    assert "no stage after step 4: no snapshot of W from the start of the interval" in caplog.text
+    train(model, ff, 4)
+    assert [r.step for r in ff.stats.history] == [8]
+
+
+def test_a_stage_whose_trainable_parameters_changed_during_the_interval_is_skipped(caplog):
+    model = torch.nn.Linear(3, 1, dtype=torch.float64)
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+
+    def loss():
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    ff = FastForward(torch.optim.Adam(model.parameters(), lr=0.01), model, loss, 3,
+                     delta_span="interval")  # fmt: skip
+    caplog.set_level(logging.INFO, logger="fastforward")
+    for n in range(1, 7):
+        if n == 2:
+            model.bias.requires_grad_(False)  # the snapshot of step 1 holds it, the stage not
+        loss().backward()
+        ff.step()
+        ff.zero_grad()
+    assert "no stage after step 3: the trainable parameters changed" in caplog.text
+    assert ff.stats.skipped_stages == 1
+    assert [r.step for r in ff.stats.history] == [6]
+
+
+@given(saved_at=st.integers(0, 13), more=st.integers(1, 10))
+def test_resume_through_disk_is_bitwise_at_every_point_of_the_interval(saved_at, more):
+    model, ff = _make()
+    train(model, ff, saved_at + more)
+
+    first_model, first = _make()
+    train(first_model, first, saved_at)
+    checkpoint = through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
+    inside = saved_at % 4 != 0
+    assert ("interval_snapshot" in checkpoint["optim"]["fastforward"]) == inside
+    resumed_model, resumed = _make(fixed_quadratic(seed=1))
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed.load_state_dict(checkpoint["optim"])
+    train(resumed_model, resumed, more)
+
+    assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
+    assert without_timings(resumed.stats) == without_timings(ff.stats)
+
+
+def test_a_checkpoint_without_the_snapshot_skips_that_intervals_stage_only(caplog):
+    """As after a resume through DCP, whose entry is JSON: the snapshot cannot travel in it."""
+    caplog.set_level(logging.INFO, logger="fastforward")
+    model, ff = _make()
+    train(model, ff, 6)  # half way through the second interval
+    entry = json.loads(WrapperState(ff).state_dict()["json"])
+    assert "interval_snapshot" not in entry
+    fresh_model, fresh = _make()
+    fresh_model.load_state_dict(model.state_dict())
+    train(fresh_model, fresh, 2)  # its own snapshot, of another run: must not be used
+    fresh.optimizer.load_state_dict(ff.optimizer.state_dict())
+    fresh.load_wrapper_state_dict(entry)
+    train(fresh_model, fresh, 6)
+    assert [r.step for r in fresh.stats.history] == [4, 12]
+    assert fresh.stats.skipped_stages == 1
+    assert "no stage after step 8: no snapshot of W" in caplog.text
+
+
+def _corrupt_tensors(entry, make):
+    entry["interval_snapshot"]["tensors"] = make(entry["interval_snapshot"]["tensors"])
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda e: _corrupt_tensors(e, lambda ts: ts + ts), "holds 2 tensors for 1 trainable"),
+        (lambda e: _corrupt_tensors(e, lambda ts: [ts[0][:2]]), r"of shape \(2,\)"),
+        (lambda e: _corrupt_tensors(e, lambda ts: [ts[0].float()]), "torch.float32 tensor"),
+        (lambda e: _corrupt_tensors(e, lambda ts: ts[0]), "must be a list of tensors"),
+        (lambda e: e["interval_snapshot"].update(step=99), "step 99 is after the last saved"),
+        (lambda e: e["interval_snapshot"].update(step=0), "must be >= 1"),
+        (lambda e: e["hyperparameters"].update(delta_span="step"), "only with delta_span="),
+    ],
+)
+def test_a_rejected_snapshot_changes_nothing(corrupt, message):
+    model, ff = _make()
+    train(model, ff, 5)
+    saved = ff.state_dict()
+    corrupt(saved["fastforward"])
+    _, fresh = _make()
+    before = repr(fresh)
+    with pytest.raises(ValueError, match=message):
+        fresh.load_state_dict(saved)
+    assert not fresh.optimizer.state
+    assert repr(fresh) == before
+    assert fresh.stats.optimizer_steps == 0
+
+
+class _Span(str, enum.Enum):
+    INTERVAL = "interval"
+
+
+def test_delta_span_is_checked_and_stored_plain():
+    model = Quadratic(fixed_quadratic())
+    adam = torch.optim.Adam([model.x])
+    with pytest.raises(ValueError, match=r"delta_span must be one of \('step', 'interval'\)"):
+        FastForward(adam, model, model, delta_span="last")
+    with pytest.raises(ValueError, match="delta_span='interval' cannot be combined with adaptive"):
+        FastForward(adam, model, model, delta_span="interval", adaptive_interval=(2, 12))
+    ff = FastForward(adam, model, model, delta_span=_Span.INTERVAL)
+    assert type(ff.delta_span) is str
+    assert ff.config.delta_steps == 6
+    assert "delta_span='interval'" in repr(ff)
+
+
+def test_max_tau_ratio_caps_tau_at_that_many_intervals():
+    model, ff = _make(lr=1e-3, max_tau_ratio=2.5, search="linear", min_improvement=0.0)
+    train(model, ff, 8)
+    assert [r.tau for r in ff.stats.history] == [2, 2]  # far from the minimum: the cap binds
+
+
+def test_records_saved_before_delta_steps_existed_load_as_one_step():
+    model, ff = _make(delta_span="step")
+    train(model, ff, 4)
+    entry = ff.wrapper_state_dict()
+    del entry["hyperparameters"]["delta_span"]
+    for record in entry["stats"]["history"]:
+        del record["delta_steps"]
+    _, fresh = _make()
+    fresh.load_wrapper_state_dict(entry)
+    assert fresh.delta_span == "step"
+    assert fresh.stats.history == ff.stats.history
+    assert fresh.stats.history[0].delta_steps == 1
+    assert StageRecord(4, 3, 1.0, 0.5, 5, 0.0).delta_steps == 1
