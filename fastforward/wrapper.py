@@ -621,7 +621,7 @@ def _run_stages_eagerly() -> None:
     """
     if FastForward.__dict__.get("_stages_run_eagerly"):
         return
-    for name in ("_snapshot_", "_stage"):
+    for name in ("_snapshot_", "_why_unmovable", "_stage"):
         eager = torch.compiler.disable(FastForward.__dict__[name])  # type: ignore[no-untyped-call]
         setattr(FastForward, name, eager)
     FastForward._stages_run_eagerly = True  # type: ignore[attr-defined]
