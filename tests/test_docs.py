@@ -175,3 +175,20 @@ def test_a_constant_s_docstring_is_the_literal_after_it(tmp_path, monkeypatch):
     assert gen.docstring("ff_doc_constants", "PAIR", (1, 2)) == "The pair."
     with pytest.raises(ValueError, match=r"ff_doc_constants\.BARE has no docstring"):
         gen.docstring("ff_doc_constants", "BARE", (3,))
+
+
+def test_every_test_the_guides_cite_exists():
+    """``[`test_name`]`` in a guide names the test that pins the claim: it must still exist."""
+    tests = Path(__file__).resolve().parent
+    defined = set(re.findall(r"^(?:async )?def (test_\w+)", _all_tests(tests), flags=re.M))
+    cited = {
+        (page.name, name)
+        for page in [*DOCS.glob("*.md"), DOCS.parent / "README.md"]
+        for name in re.findall(r"\[`(test_\w+)`\]", page.read_text())
+    }
+    assert len(cited) > 10
+    assert {(page, name) for page, name in cited if name not in defined} == set()
+
+
+def _all_tests(folder: Path) -> str:
+    return "\n".join(path.read_text() for path in folder.glob("test_*.py"))
