@@ -101,11 +101,11 @@ class FastForward(Optimizer):
         min_improvement: {shared}
         delta_span: ``"step"``: Δ is the last step's update, as in the paper. ``"interval"``:
             Δ is the whole interval's, ``W_n - W_{n-interval}`` (from where the previous stage
-            landed), and τ counts intervals: less noisy at a tuned learning rate
-            (``docs/results.md``). The snapshot of ``W`` is then held through the interval and
-            saved in ``state_dict()``; a stage whose interval began before ``enabled`` was set,
-            or before a checkpoint without it was loaded, is skipped. Not with
-            ``adaptive_interval`` (default: ``"step"``).
+            landed), and τ counts intervals: it averages the steps' minibatch noise (measured
+            in ``docs/results.md``, "Cost-aware stages"). The snapshot of ``W`` is then held
+            through the interval and saved in ``state_dict()``; a stage whose interval began
+            before ``enabled`` was set, or before a checkpoint without it was loaded, is
+            skipped. Not with ``adaptive_interval`` (default: ``"step"``).
         cost_aware: Step aside (off for good) after the first stage that bought less validation
             loss than training would have with the same compute; each stage's ratio of the two
             is ``StageRecord.payoff`` (``docs/algorithm.md``; default: ``False``).
