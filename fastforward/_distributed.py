@@ -73,3 +73,20 @@ def _local_shard(param: Tensor) -> Tensor:
     if dtensor_module is not None and isinstance(param, dtensor_module.DTensor):
         return param.to_local()  # type: ignore[no-any-return]
     return param
+
+
+def _reshard_fsdp_modules(model: Any) -> None:
+    """Free the gathered parameters of ``model``'s FSDP2 modules: the next forward regathers.
+
+    FSDP2 keeps a module's parameters gathered after a forward it does not reshard after (the
+    root's, and any with ``reshard_after_forward=False``) until its backward, and a validation
+    pass has none: without this, every point after ``L_0`` would be evaluated at ``W_n``, and
+    the next training step would run at the last point evaluated instead of the landing.
+    """
+    fsdp_module = sys.modules.get("torch.distributed.fsdp")
+    kind = getattr(fsdp_module, "FSDPModule", None)
+    if kind is None:
+        return
+    for module in model.modules():
+        if isinstance(module, kind):
+            module.reshard()

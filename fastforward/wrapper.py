@@ -26,7 +26,12 @@ from fastforward._checks import (
     _refuse_deferred_parameter_updates,
 )
 from fastforward._config import Config, Schedule
-from fastforward._distributed import _collective_device, _max_across_ranks, _mean_across_ranks
+from fastforward._distributed import (
+    _collective_device,
+    _max_across_ranks,
+    _mean_across_ranks,
+    _reshard_fsdp_modules,
+)
 from fastforward._docs import shares_args
 from fastforward._kernels import StageBuffers, check_restorable
 from fastforward._logs import (
@@ -534,6 +539,7 @@ class FastForward(Optimizer):
 
     def _validation_loss(self) -> float:
         self.stats.evaluations += 1  # counted even if the call raises: its cost was paid
+        _reshard_fsdp_modules(self.model)  # the point just written, not the last one gathered
         value = (
             self.val_closure(stage=self.stats.stages)
             if self._closure_takes_stage
@@ -592,6 +598,7 @@ class FastForward(Optimizer):
             with _eval_mode(self.model):
                 yield progress
         finally:
+            _reshard_fsdp_modules(self.model)  # training goes on from the landing point
             self._in_stage = False
             progress.seconds = time.perf_counter() - progress.started
             self.stats.stage_seconds += progress.seconds

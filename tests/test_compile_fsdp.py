@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -156,3 +158,88 @@ def _without_timings(state: dict) -> dict:
     stats = dict(state["stats"], stage_seconds=None)
     stats["history"] = [dict(record, seconds=None) for record in stats["history"]]
     return dict(state, stats=stats)
+
+
+def _interval_delta_resume_worker(rank: int, folder: str) -> dict:
+    """delta_span="interval" under FSDP2: each rank checkpoints its shard of the snapshot."""
+    from torch.distributed.fsdp import fully_shard
+
+    def sharded_run():
+        model, x, y = _model_and_data()
+        fully_shard(model)
+        loss_fn = lambda: torch.nn.functional.mse_loss(model(x[rank::2]), y[rank::2])  # noqa: E731
+        adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+        ff = FastForward(adam, model, loss_fn, 3, delta_span="interval", min_improvement=0.0)
+        return model, ff, loss_fn
+
+    def train(model, ff, loss_fn, steps):
+        for _ in range(steps):
+            loss_fn().backward()
+            ff.step()
+            ff.zero_grad()
+
+    model, ff, loss_fn = sharded_run()
+    train(model, ff, loss_fn, 10)
+    uninterrupted = [p.full_tensor().detach().clone() for p in model.parameters()]
+
+    model, ff, loss_fn = sharded_run()
+    train(model, ff, loss_fn, 5)  # inside the second interval: its snapshot is held
+    path = Path(folder) / f"checkpoint{rank}.pt"
+    torch.save({"model": model.state_dict(), "optim": ff.state_dict()}, path)
+    model, ff, loss_fn = sharded_run()
+    checkpoint = torch.load(path, weights_only=False)  # DTensors in the base optimizer's state
+    model.load_state_dict(checkpoint["model"])
+    ff.load_state_dict(checkpoint["optim"])
+    train(model, ff, loss_fn, 5)
+    resumed = [p.full_tensor().detach().clone() for p in model.parameters()]
+    return {
+        "snapshot_step": checkpoint["optim"]["fastforward"]["interval_snapshot"]["step"],
+        "taus": [r.tau for r in ff.stats.history],
+        "uninterrupted": uninterrupted,
+        "resumed": resumed,
+    }
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_fsdp2_resume_with_interval_delta_is_bitwise_from_each_ranks_shard(tmp_path):
+    from functools import partial
+
+    worker = partial(_interval_delta_resume_worker, folder=str(tmp_path))
+    for result in run_on_ranks(worker, 2, tmp_path):
+        assert result["snapshot_step"] == 4
+        assert len(result["taus"]) == 3
+        assert sum(result["taus"]) > 0
+        pairs = zip(result["resumed"], result["uninterrupted"], strict=True)
+        assert all(bitwise_equal(a, b) for a, b in pairs)
+
+
+def _root_sharding_worker(rank: int) -> dict:
+    """The same run with the parameters in the root FSDP2 module, or in per-layer ones."""
+    from torch.distributed.fsdp import fully_shard
+
+    runs = {}
+    for layout in ("root", "per-layer"):
+        model, x, y = _model_and_data()
+        if layout == "per-layer":
+            for layer in (model[0], model[2]):
+                fully_shard(layer)
+        fully_shard(model)  # the root keeps its parameters gathered after a forward
+        loss_fn = lambda: torch.nn.functional.mse_loss(model(x[rank::2]), y[rank::2])  # noqa: E731
+        ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 3)
+        for _ in range(9):
+            loss_fn().backward()
+            ff.step()
+            ff.zero_grad()
+        full = [p.full_tensor().detach().clone() for p in model.parameters()]
+        runs[layout] = {"taus": [r.tau for r in ff.stats.history], "params": full}
+    return runs
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_fsdp2_stages_evaluate_and_land_on_the_moved_shards_in_the_root_module(tmp_path):
+    """A validation pass has no backward to reshard the root: each point must be regathered."""
+    for runs in run_on_ranks(_root_sharding_worker, 2, tmp_path):
+        assert runs["root"]["taus"] == runs["per-layer"]["taus"]
+        assert sum(runs["root"]["taus"]) > 0
+        pairs = zip(runs["root"]["params"], runs["per-layer"]["params"], strict=True)
+        assert all(bitwise_equal(a, b) for a, b in pairs)
