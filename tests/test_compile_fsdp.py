@@ -217,8 +217,7 @@ def _root_sharding_worker(rank: int) -> dict:
     """The same run with the parameters in the root FSDP2 module, or in per-layer ones."""
     from torch.distributed.fsdp import fully_shard
 
-    runs = {}
-    for layout in ("root", "per-layer"):
+    def run(layout):
         model, x, y = _model_and_data()
         if layout == "per-layer":
             for layer in (model[0], model[2]):
@@ -231,8 +230,9 @@ def _root_sharding_worker(rank: int) -> dict:
             ff.step()
             ff.zero_grad()
         full = [p.full_tensor().detach().clone() for p in model.parameters()]
-        runs[layout] = {"taus": [r.tau for r in ff.stats.history], "params": full}
-    return runs
+        return {"taus": [r.tau for r in ff.stats.history], "params": full}
+
+    return {layout: run(layout) for layout in ("root", "per-layer")}
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
