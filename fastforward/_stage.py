@@ -84,7 +84,10 @@ def fast_forward_stage(
             moved once, with the ``delta`` (and ``anchor``) of its first entry.
         delta: The direction, one tensor per entry of ``params`` (same shape, dtype, device).
         loss: Zero-argument callable returning the loss at the current ``params``: a Python
-            number or a 0-dim tensor.
+            number or a 0-dim tensor. Under FSDP2 it must regather what ``params`` (the local
+            shards) hold: call ``reshard()`` on the model's FSDP modules before its forward, as
+            :class:`~fastforward.FastForward` does (the root keeps its gathered parameters after
+            a forward without backward).
         search: {shared}
         max_tau: {shared}
         min_improvement: {shared}
