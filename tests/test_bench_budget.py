@@ -59,15 +59,20 @@ def test_lr_report_closes_the_gap_and_prices_the_sweep(tmp_path):
 
 def test_the_policy_study_compares_the_cost_aware_rule_with_the_defaults_at_both_rates(tmp_path):
     runs = bench_budget.policy_study(3e-2)
+    labels = ("Adam", "FF defaults", "FF cost-aware", "FF interval delta",
+              "FF interval delta cost-aware")  # fmt: skip
     assert [(r.lr, r.label) for r in runs] == [
-        (lr, label) for lr in (harness.PAPER_LR, 3e-2)
-        for label in ("Adam", "FF defaults", "FF cost-aware")
+        (lr, label) for lr in (harness.PAPER_LR, 3e-2) for label in labels
     ]  # fmt: skip
     assert dict(runs[2].options) == {"cost_aware": True, "cost_ratio": "flops"}
+    assert dict(runs[3].options) == {"delta_span": "interval"}
+    assert dict(runs[4].options) == {
+        "cost_aware": True, "cost_ratio": "flops", "delta_span": "interval"
+    }  # fmt: skip
 
     adam = _outcome(3e-2, [3.0, 2.1, 2.0])
     aside = replace(
-        _outcome(3e-2, [3.0, 2.1, 2.0], ff=True), run=runs[5], stage_evaluations=[2],
+        _outcome(3e-2, [3.0, 2.1, 2.0], ff=True), run=runs[7], stage_evaluations=[2],
         taus=[0], evaluations=3, gave_up_at_step=6, gave_up_because="payoff",
     )  # fmt: skip
     budget_report.write_policy_study([adam, aside], tmp_path)
