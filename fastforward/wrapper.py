@@ -336,8 +336,8 @@ class FastForward(Optimizer):
         not saved: they are refilled before each stage, so a checkpoint taken between steps
         resumes bitwise. With ``delta_span="interval"``, a checkpoint inside an interval also
         holds the snapshot of ``W`` taken at its start (``"interval_snapshot"``: tensors, this
-        rank's shards under FSDP2), references to the buffers as torch optimizers' own
-        ``state_dict()`` are.
+        rank's shards under FSDP2), which, like the tensors of a torch optimizer's own
+        ``state_dict()``, are the live buffers, not copies.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -422,7 +422,7 @@ class FastForward(Optimizer):
         self.enabled = saved.enabled
         if self._schedule.gave_up:
             self._free_buffers()
-        elif saved.snapshot is not None:
+        elif saved.snapshot is not None and self.enabled:
             step, tensors = saved.snapshot
             self._buffers.restore_(self._trainable_params(), self.model, step, tensors)
         else:  # what the buffers hold belongs to the run before the load
