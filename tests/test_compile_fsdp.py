@@ -69,14 +69,16 @@ def test_compiled_step_compiles_the_base_step_and_runs_stages_eagerly():
     )
 
 
-def _fsdp_worker(rank: int) -> dict:
+def _fsdp_run(rank: int, layout: str = "per-layer") -> dict:
+    """Nine steps, stages every 3, sharded per layer or in the root only; τs, full parameters."""
     from torch.distributed.fsdp import fully_shard
 
     model, x, y = _model_and_data()
     x, y = x[rank::2], y[rank::2]
-    for layer in (model[0], model[2]):
-        fully_shard(layer)
-    fully_shard(model)
+    if layout == "per-layer":
+        for layer in (model[0], model[2]):
+            fully_shard(layer)
+    fully_shard(model)  # the root keeps its parameters gathered after a forward
     loss_fn = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
     ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 3)
     for _ in range(9):
@@ -89,7 +91,7 @@ def _fsdp_worker(rank: int) -> dict:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_fsdp2_ranks_agree_and_hold_the_same_full_parameters(tmp_path):
-    rank0, rank1 = run_on_ranks(_fsdp_worker, 2, tmp_path)
+    rank0, rank1 = run_on_ranks(_fsdp_run, 2, tmp_path)
     assert len(rank0["taus"]) == 3
     assert sum(rank0["taus"]) > 0
     assert rank0["taus"] == rank1["taus"]
@@ -215,24 +217,7 @@ def test_fsdp2_resume_with_interval_delta_is_bitwise_from_each_ranks_shard(tmp_p
 
 def _root_sharding_worker(rank: int) -> dict:
     """The same run with the parameters in the root FSDP2 module, or in per-layer ones."""
-    from torch.distributed.fsdp import fully_shard
-
-    def run(layout):
-        model, x, y = _model_and_data()
-        if layout == "per-layer":
-            for layer in (model[0], model[2]):
-                fully_shard(layer)
-        fully_shard(model)  # the root keeps its parameters gathered after a forward
-        loss_fn = lambda: torch.nn.functional.mse_loss(model(x[rank::2]), y[rank::2])  # noqa: E731
-        ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 3)
-        for _ in range(9):
-            loss_fn().backward()
-            ff.step()
-            ff.zero_grad()
-        full = [p.full_tensor().detach().clone() for p in model.parameters()]
-        return {"taus": [r.tau for r in ff.stats.history], "params": full}
-
-    return {layout: run(layout) for layout in ("root", "per-layer")}
+    return {layout: _fsdp_run(rank, layout) for layout in ("root", "per-layer")}
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
