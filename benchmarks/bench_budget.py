@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=("all", "lr", "search", "policy"),
         default="all",
         help="lr: the learning-rate sweep; search: strategies and guards; policy: the "
-        "cost-aware rule (default: all, ~85 min on 2 cores)",
+        "cost-aware rule and Δ over the interval (default: all, ~95 min on 2 cores)",
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
