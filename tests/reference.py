@@ -157,10 +157,10 @@ class ReferenceFastForward:
     def max_tau_now(self) -> int:
         if self.max_tau_ratio is None:
             return self.max_tau
-        intervals = self.max_tau_ratio * self.current_interval / self.span
-        if self.span > 1:  # τ counts intervals: the ratio itself, without a rounding
-            intervals = self.max_tau_ratio
-        return min(self.max_tau, max(1, math.floor(intervals)))
+        cap = self.max_tau_ratio  # τ counts intervals: the ratio itself
+        if self.span == 1:  # τ counts steps: the ratio's worth of the current interval
+            cap *= self.current_interval
+        return min(self.max_tau, max(1, math.floor(cap)))
 
     def stage(self, n: int, params: list[torch.Tensor], before: list[torch.Tensor]) -> None:
         delta = [p.detach().clone() - w for p, w in zip(params, before, strict=True)]  # Δ
