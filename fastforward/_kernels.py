@@ -124,9 +124,8 @@ class StageBuffers:
 
     def holds_snapshot(self, owners: list[Tensor], step: int) -> bool:
         """Whether ``delta`` holds a snapshot of ``owners`` as they are, taken before ``step``."""
-        layout = [(p.shape, p.dtype, p.device) for p in map(_local_shard, owners)]
-        return (
-            self.taken_at == step and layout == self._layout and _same_tensors(owners, self.owners)
+        return self.taken_at == step and self._laid_out_for(
+            owners, [_local_shard(p) for p in owners]
         )
 
     @torch.no_grad()
@@ -158,14 +157,17 @@ class StageBuffers:
     def _fit(self, owners: list[Tensor], model: nn.Module) -> None:
         """Point the buffers at ``owners``; reallocate them if their layout changed."""
         params = [_local_shard(p) for p in owners]
-        # model.to(...) changes a parameter's device or dtype in place: identity is not enough.
-        layout = [(p.shape, p.dtype, p.device) for p in params]
-        if layout != self._layout or not _same_tensors(owners, self.owners):
+        if not self._laid_out_for(owners, params):
             _check_owned_by(owners, model)
-            self.owners, self._layout = owners, layout
+            self.owners, self._layout = owners, _layout(params)
             self.anchor = [torch.empty_like(p) for p in params]
             self.delta = [torch.empty_like(p) for p in params]
         self.params = params
+
+    def _laid_out_for(self, owners: list[Tensor], params: list[Tensor]) -> bool:
+        """Whether the buffers were allocated for ``owners`` with shards ``params`` as they are."""
+        # model.to(...) changes a parameter's device or dtype in place: identity is not enough.
+        return _layout(params) == self._layout and _same_tensors(owners, self.owners)
 
 
 def check_restorable(owners: list[Tensor], saved: list[Tensor]) -> None:
@@ -182,6 +184,10 @@ def check_restorable(owners: list[Tensor], saved: list[Tensor]) -> None:
                 f"fastforward: the checkpoint's interval_snapshot[{i}] is a {s.dtype} tensor "
                 f"of shape {tuple(s.shape)}; its parameter is {p.dtype} {tuple(p.shape)}"
             )
+
+
+def _layout(params: list[Tensor]) -> list[tuple[torch.Size, torch.dtype, torch.device]]:
+    return [(p.shape, p.dtype, p.device) for p in params]
 
 
 def _same_tensors(tensors: list[Tensor], others: list[Tensor]) -> bool:

@@ -388,11 +388,13 @@ class FastForward(Optimizer):
         """
         snapshot = None
         taken_at = self._buffers.taken_at
-        if self.config.delta_span == "interval" and taken_at is not None:
-            # Taken before a step that raised, it will be taken again: only a finished step's.
-            snapshot = (
-                (taken_at, self._buffers.delta) if taken_at <= self.stats.optimizer_steps else None
-            )
+        # Taken before a step that raised, it will be taken again: only a finished step's.
+        if (
+            self.config.delta_span == "interval"
+            and taken_at is not None
+            and taken_at <= self.stats.optimizer_steps
+        ):
+            snapshot = (taken_at, self._buffers.delta)
         state = WrapperState(
             self.config, self._schedule, self.enabled, self._cost.reference, self.stats, snapshot
         )
