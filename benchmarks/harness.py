@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,34 @@ def timed_step(
     optimizer.step()
     optimizer.zero_grad()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def provenance(model: str) -> dict[str, str]:
+    """What a result file must name to be checked later: model, code commit, library versions.
+
+    ``commit`` is the checkout's ``git rev-parse HEAD``, with ``+dirty`` when tracked files
+    of the library or the benchmark scripts differ from it (``unknown`` outside a checkout).
+    """
+    import torch
+
+    import fastforward
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    code = ("fastforward", "benchmarks/*.py")  # not the results the study is writing
+    if commit != "unknown" and git("status", "--porcelain", "--untracked-files=no", "--", *code):
+        commit += "+dirty"
+    return {
+        "model": model,
+        "commit": commit,
+        "fastforward": fastforward.__version__,
+        "torch": torch.__version__,
+    }
 
 
 def slug(name: str) -> str:
