@@ -78,6 +78,13 @@ class Config:
                 "fastforward: delta_span='interval' cannot be combined with adaptive_interval "
                 "(which resizes the interval that Δ spans); pass one of them"
             )
+        ratio = checked["max_tau_ratio"]
+        if checked["delta_span"] == "interval" and ratio is not None and ratio < 1:
+            raise ValueError(
+                f"fastforward: max_tau_ratio must be at least 1 with delta_span='interval', got "
+                f"{ratio}: τ counts whole intervals there, so no stage can keep a cap of less "
+                "than one interval's steps"
+            )
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -170,14 +177,19 @@ class Schedule:
         return self.due(step + config.delta_steps - 1, config)
 
     def max_tau(self, config: Config) -> int:
-        """``max_tau``, capped at ``max_tau_ratio`` current intervals' worth of steps (>= 1)."""
+        """``max_tau``, and with ``max_tau_ratio`` the most Δs whose steps fit in its cap.
+
+        A stage simulates ``τ * delta_steps`` steps; the cap is
+        ``max(1, floor(max_tau_ratio * interval_now))`` of them (``Config`` makes it at least
+        one interval with ``delta_span="interval"``, so that τ >= 1 keeps it).
+        """
         if config.max_tau_ratio is None:
             return config.max_tau
-        if config.delta_span == "interval":  # τ counts intervals already
-            cap = config.max_tau_ratio
-        else:
-            cap = config.max_tau_ratio * self.interval_now
-        return config.max_tau if cap >= config.max_tau else max(1, math.floor(cap))
+        ratio_steps = config.max_tau_ratio * self.interval_now
+        if ratio_steps >= config.max_tau * config.delta_steps:
+            return config.max_tau  # also where the product is too large to floor
+        steps = max(1, math.floor(ratio_steps))
+        return max(1, steps // config.delta_steps)
 
     def start_tau(self, max_tau: int) -> int:
         """The strategy's ``start`` hint: the previous stage's τ, at least 1."""

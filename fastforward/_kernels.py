@@ -92,7 +92,8 @@ class StageBuffers:
     Attributes:
         owners: The parameters the next stage moves.
         params: What it writes: their local shards (FSDP2), else the parameters themselves.
-        anchor: ``W_n`` during a stage.
+        anchor: ``W_n`` during a stage; allocated by :meth:`stage_anchor`, at the first stage,
+            so that a snapshot held through an interval is the only copy until then.
         delta: The snapshot of ``W`` from :meth:`snapshot_` to :meth:`reverse_`, then ``-Δ``.
         taken_at: The optimizer step before which the snapshot was taken, while it is held
             (``None`` before the first, after :meth:`reverse_` or :meth:`free`).
@@ -154,13 +155,19 @@ class StageBuffers:
         _reversed_delta_from_snapshot_(self.delta, self.params, foreach=foreach)
         return _max_abs(self.delta)
 
+    def stage_anchor(self) -> list[Tensor]:
+        """The ``anchor`` buffers for a stage on ``params``, allocated if they are not yet."""
+        if len(self.anchor) != len(self.params):
+            self.anchor = [torch.empty_like(p) for p in self.params]
+        return self.anchor
+
     def _fit(self, owners: list[Tensor], model: nn.Module) -> None:
-        """Point the buffers at ``owners``; reallocate them if their layout changed."""
+        """Point the buffers at ``owners``; reallocate ``delta`` if their layout changed."""
         params = [_local_shard(p) for p in owners]
         if not self._laid_out_for(owners, params):
             _check_owned_by(owners, model)
             self.owners, self._layout = owners, _layout(params)
-            self.anchor = [torch.empty_like(p) for p in params]
+            self.anchor = []
             self.delta = [torch.empty_like(p) for p in params]
         self.params = params
 

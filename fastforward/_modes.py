@@ -10,17 +10,17 @@ from torch import nn
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode; afterwards put back the submodules it switched.
+    """Put ``model`` in eval mode; afterwards put every submodule back in the mode it had.
 
-    One walk over the module tree finds the submodules in training mode; when there is none
-    (a validation closure called inside a stage, which already switched) nothing else is done.
-    Only the flags it changed are restored, so a submodule the caller left in eval stays so.
+    Every submodule's flag is restored, not only those switched here: a ``val_closure`` that
+    ends with ``model.train()`` must not leave a submodule the caller had frozen in eval (a
+    BatchNorm whose running statistics would then drift) in training mode.
     """
-    training = [module for module in model.modules() if module.training]
-    for module in training:
+    modes = [(module, module.training) for module in model.modules()]
+    for module, _ in modes:
         module.training = False
     try:
         yield
     finally:
-        for module in training:
-            module.training = True
+        for module, training in modes:
+            module.training = training

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 
 def stage_payoff(
@@ -31,8 +32,14 @@ def stage_payoff(
         return 0.0
     if not training_gain_per_step > 0:
         return math.inf
-    # Divided in turn: the product of a tiny rate and the cost could underflow to zero.
-    return stage_gain / training_gain_per_step / (evaluations * cost_ratio)
+    # In exact rationals, rounded once: in floats, the product of a tiny rate and the cost can
+    # underflow to zero, and a gain divided by a tiny rate can overflow on the way to a
+    # quotient that is finite.
+    training_would_buy = Fraction(training_gain_per_step) * evaluations * Fraction(cost_ratio)
+    try:
+        return float(Fraction(stage_gain) / training_would_buy)
+    except OverflowError:
+        return math.inf
 
 
 @dataclass

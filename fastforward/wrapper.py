@@ -91,9 +91,12 @@ class FastForward(Optimizer):
         interval: Optimizer steps between stages (default: 6, as in the paper).
         warmup: Optimizer steps before the schedule starts (default: 0).
         max_tau: {shared}
-        max_tau_ratio: If given, τ is also capped at ``max(1, floor(max_tau_ratio * interval))``
-            (the current interval): no stage jumps further than that many intervals' worth of
-            steps on the word of the tiny validation set (default: ``None``).
+        max_tau_ratio: If given, a stage simulates at most
+            ``max(1, floor(max_tau_ratio * interval))`` steps (the current interval): no stage
+            jumps further than that many intervals' worth of steps on the word of the tiny
+            validation set. τ is capped at that many steps, or with ``delta_span="interval"``
+            at as many whole intervals as fit in them, which needs ``max_tau_ratio >= 1``
+            (default: ``None``).
         adaptive_interval: ``(shortest, longest)``: the interval halves after a stage that
             accepted ``τ >= interval`` and doubles after one with ``τ <= 1``, within these
             bounds (``docs/algorithm.md``; default: ``None``, every ``interval`` steps).
@@ -122,7 +125,7 @@ class FastForward(Optimizer):
         on_stage: Called with the :class:`StageRecord` of every stage that ran (default: ``None``).
         foreach: {shared}
         keep_buffers: Keep the two stage buffers between stages (default: ``True``); ``False``
-            frees them after each stage, for full-rank training.
+            frees them after each stage, for full-rank training (see the memory note).
         process_group: Under ``torch.distributed``, the validation loss is averaged and the size
             of Δ maximised over this group (``None``: the default group), so every rank accepts
             the same τ; all ranks must step together, as under DDP and FSDP (default: ``None``).
@@ -149,8 +152,10 @@ class FastForward(Optimizer):
 
     .. note::
         Memory: two copies of the trainable parameters (``W_n`` and ``Δ``) from the first stage
-        (``delta_span="interval"``: the first interval) until Fast Forward is off: a few MB with
-        LoRA; see ``keep_buffers`` for full rank.
+        until Fast Forward is off (with ``delta_span="interval"``, one from the first
+        interval's start): a few MB with LoRA. With ``keep_buffers=False``, none between
+        stages (``delta_span="interval"``: one through each interval, the second during the
+        stage alone), for full rank.
 
     .. warning::
         Fast Forward helps low-rank finetuning (LoRA, DoRA). On full-rank training the paper finds
@@ -263,7 +268,13 @@ class FastForward(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer.__getstate__ keeps only defaults/state/param_groups: copies would lose us.
-        return dict(self.__dict__)
+        # Methods patched on the instance (an LR scheduler wraps `step` this way) hold the
+        # original wrapper: a copy keeps the class's own, as a torch optimizer's copy does.
+        return {
+            name: value
+            for name, value in self.__dict__.items()
+            if not callable(getattr(type(self), name, None))
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -388,11 +399,14 @@ class FastForward(Optimizer):
         """
         snapshot = None
         taken_at = self._buffers.taken_at
-        # Taken before a step that raised, it will be taken again: only a finished step's.
+        # Only a finished step's (taken before a step that raised, it will be taken again), and
+        # only while it fits the trainable tensors as they are: after `requires_grad` changed or
+        # `add_param_group`, its stage is skipped, in this run and in a resumed one alike.
         if (
             self.config.delta_span == "interval"
             and taken_at is not None
             and taken_at <= self.stats.optimizer_steps
+            and self._buffers.holds_snapshot(self._trainable_params(), taken_at)
         ):
             snapshot = (taken_at, self._buffers.delta)
         state = WrapperState(
@@ -506,7 +520,7 @@ class FastForward(Optimizer):
                 max_tau=max_tau,
                 min_improvement=self.config.min_improvement,
                 start=self._schedule.start_tau(max_tau),
-                anchor=self._buffers.anchor,
+                anchor=self._buffers.stage_anchor(),
                 foreach=self.foreach,
                 reversed_delta=True,
             )

@@ -51,8 +51,8 @@ class ReferenceFastForward:
     - a stage follows step ``n`` when ``n > warmup`` and ``(n - warmup) % interval == 0``, or,
       with ``adaptive_interval``, when ``n - last_scheduled_step >= current_interval``;
     - ``Δ`` all zero or not finite, or ``L_0`` not finite: a skipped stage, nothing else changes;
-    - ``max_tau_ratio`` caps τ at ``floor(ratio * current_interval)``, at least 1, at most
-      ``max_tau``; the search's ``start`` hint is the previous stage's τ, at least 1, at most
+    - ``max_tau_ratio`` caps the steps a stage simulates, ``τ * span``, at
+      ``floor(ratio * current_interval)``, at least 1; τ at least 1, at most ``max_tau``; the search's ``start`` hint is the previous stage's τ, at least 1, at most
       that cap;
     - after a stage with ``τ >= current_interval`` the interval halves, after one with ``τ <= 1``
       it doubles, clamped to ``adaptive_interval``;
@@ -60,8 +60,7 @@ class ReferenceFastForward:
     - ``delta_span="interval"``: ``Δ = W_n - W_s``, where ``W_s`` is a copy taken before the
       interval's first step ``s = n - interval + 1`` if Fast Forward was active then and has not
       been disabled since (else the stage is skipped); τ counts intervals: the record's
-      ``delta_steps`` is ``interval``, ``simulated_steps`` grows by ``τ * interval`` and
-      ``max_tau_ratio`` caps τ at ``floor(ratio)``.
+      ``delta_steps`` is ``interval`` and ``simulated_steps`` grows by ``τ * interval``.
 
     ``stats`` is the wrapper's own :class:`fastforward.FastForwardStats`, filled the same way, with
     every timing left at 0 (compare with :func:`without_timings`). ``cost_aware``, ``on_stage``
@@ -157,10 +156,8 @@ class ReferenceFastForward:
     def max_tau_now(self) -> int:
         if self.max_tau_ratio is None:
             return self.max_tau
-        cap = self.max_tau_ratio  # τ counts intervals: the ratio itself
-        if self.span == 1:  # τ counts steps: the ratio's worth of the current interval
-            cap *= self.current_interval
-        return min(self.max_tau, max(1, math.floor(cap)))
+        steps = max(1, math.floor(self.max_tau_ratio * self.current_interval))
+        return min(self.max_tau, max(1, steps // self.span))  # whole Δs within that many steps
 
     def stage(self, n: int, params: list[torch.Tensor], before: list[torch.Tensor]) -> None:
         delta = [p.detach().clone() - w for p, w in zip(params, before, strict=True)]  # Δ

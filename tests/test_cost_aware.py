@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from reference import bitwise_equal
 from strategies import through_disk
@@ -27,9 +27,10 @@ rates = st.floats(-1.0, 1.0)
     cost_ratio=st.floats(1e-3, 10.0),
     rate=rates,
 )
-def test_payoff_is_above_one_iff_the_stage_beat_training_on_its_compute(
-    gain, evaluations, cost_ratio, rate
-):
+# The smallest normal rate: gain / rate alone overflows, the quotient is finite.
+@example(gain=4.0, evaluations=1, cost_ratio=2.0, rate=sys.float_info.min)
+@example(gain=5e-324, evaluations=100, cost_ratio=10.0, rate=1.0)  # rounds to zero
+def test_payoff_is_the_exact_quotient_rounded_once(gain, evaluations, cost_ratio, rate):
     payoff = stage_payoff(gain, evaluations, cost_ratio, rate)
     if gain == 0:
         assert payoff == 0
@@ -40,8 +41,9 @@ def test_payoff_is_above_one_iff_the_stage_beat_training_on_its_compute(
         exact = Fraction(gain) / training_would_buy
         if exact > sys.float_info.max:
             assert payoff == math.inf
-        elif exact >= sys.float_info.min:  # a normal float: a few roundings away
-            assert payoff == pytest.approx(float(exact), rel=1e-12)
+        else:
+            assert payoff == float(exact)
+        # Above 1 exactly when the stage bought more than training would have.
         assume(abs(exact - 1) > Fraction(1, 10**9))
         assert (payoff >= 1) == (Fraction(gain) > training_would_buy)
 

@@ -127,6 +127,78 @@ def test_a_stage_whose_trainable_parameters_changed_during_the_interval_is_skipp
     assert [r.step for r in ff.stats.history] == [6]
 
 
+class _ThreeTensors(torch.nn.Module):
+    """``weight`` and ``bias`` train; ``extra`` is frozen until a test unfreezes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.weight = torch.nn.Parameter(
+            torch.randn(3, 1, dtype=torch.float64, generator=generator)
+        )
+        self.bias = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        self.extra = torch.nn.Parameter(torch.zeros(3, 1, dtype=torch.float64), requires_grad=False)
+        self.x = torch.randn(16, 3, dtype=torch.float64, generator=generator)
+        self.y = torch.randn(16, 1, dtype=torch.float64, generator=generator)
+
+    def forward(self) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self.x @ (self.weight + self.extra) + self.bias, self.y)
+
+
+def _swap_trainable(model, ff):
+    model.weight.requires_grad_(False)
+    model.extra.requires_grad_(True)
+
+
+def _unfreeze_into_a_new_group(model, ff):
+    model.extra.requires_grad_(True)
+    ff.add_param_group({"params": [model.extra], "lr": 0.005})
+
+
+@pytest.mark.parametrize("change", [_swap_trainable, _unfreeze_into_a_new_group])
+@pytest.mark.parametrize("saved_at", [2, 3, 4])
+def test_resume_after_the_trainable_tensors_changed_inside_an_interval_is_bitwise(
+    change, saved_at, caplog
+):
+    """The snapshot of step 1 no longer fits after step 2's change: skipped live and resumed."""
+
+    def make():
+        model = _ThreeTensors()
+        params = [model.weight, model.bias]
+        if change is _swap_trainable:
+            params.append(model.extra)  # in the optimizer, frozen until the change
+        ff = FastForward(torch.optim.Adam(params, lr=0.01), model, model, 3,
+                         delta_span="interval", patience=None, min_improvement=0.0)  # fmt: skip
+        return model, ff
+
+    def steps(model, ff, first, last):
+        for n in range(first, last + 1):
+            if n == 2:
+                change(model, ff)
+            ff.zero_grad()
+            model().backward()
+            ff.step()
+
+    model, ff = make()
+    caplog.set_level(logging.INFO, logger="fastforward")
+    steps(model, ff, 1, 9)
+    assert "no stage after step 3: the trainable parameters changed" in caplog.text
+    assert [r.step for r in ff.stats.history] == [6, 9]
+
+    first_model, first = make()
+    steps(first_model, first, 1, saved_at)
+    checkpoint = through_disk({"model": first_model.state_dict(), "optim": first.state_dict()})
+    assert ("interval_snapshot" in checkpoint["optim"]["fastforward"]) == (saved_at == 4)
+    resumed_model, resumed = make()
+    change(resumed_model, resumed)  # the run is rebuilt as it was when it was saved
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed.load_state_dict(checkpoint["optim"])
+    steps(resumed_model, resumed, saved_at + 1, 9)
+    for name, p in resumed_model.named_parameters():
+        assert bitwise_equal(p.detach(), getattr(model, name).detach()), name
+    assert without_timings(resumed.stats) == without_timings(ff.stats)
+
+
 @given(saved_at=st.integers(0, 13), more=st.integers(1, 10))
 def test_resume_through_disk_is_bitwise_at_every_point_of_the_interval(saved_at, more):
     model, ff = _make()
@@ -211,10 +283,21 @@ def test_delta_span_is_checked_and_stored_plain():
     assert "delta_span='interval'" in repr(ff)
 
 
-def test_max_tau_ratio_caps_tau_at_that_many_intervals():
-    model, ff = _make(lr=1e-3, max_tau_ratio=2.5, search="linear", min_improvement=0.0)
+@pytest.mark.parametrize(("ratio", "taus"), [(2.5, [2, 2]), (1.0, [1, 1]), (1.9, [1, 1])])
+def test_max_tau_ratio_caps_the_steps_a_stage_simulates_as_in_step_mode(ratio, taus):
+    """interval 4: at most floor(ratio * 4) steps, so as many whole intervals as fit."""
+    model, ff = _make(lr=1e-3, max_tau_ratio=ratio, search="linear", min_improvement=0.0)
     train(model, ff, 8)
-    assert [r.tau for r in ff.stats.history] == [2, 2]  # far from the minimum: the cap binds
+    assert [r.tau for r in ff.stats.history] == taus  # far from the minimum: the cap binds
+    assert all(r.tau * r.delta_steps <= ratio * 4 for r in ff.stats.history)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.999])
+def test_a_max_tau_ratio_below_one_interval_is_refused(ratio):
+    model, _ = _make()
+    adam = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match=r"max_tau_ratio must be at least 1 with delta_span="):
+        FastForward(adam, model, model, 4, delta_span="interval", max_tau_ratio=ratio)
 
 
 def test_records_saved_before_delta_steps_existed_load_as_one_step():

@@ -513,6 +513,36 @@ def test_the_trainer_callback_checks_its_argument():
     assert hf.FastForwardCallback(Prepared()).ff is ff
 
 
+@pytest.mark.parametrize(
+    ("span", "between_steps"),
+    [("step", [0, 0, 0, 0, 0, 0]), ("interval", [1, 1, 0, 1, 1, 0])],  # after steps 1..6
+)
+def test_keep_buffers_false_holds_one_copy_through_an_interval_and_two_only_in_stages(
+    span, between_steps
+):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(13, 7, bias=False)  # a (7, 13) weight: easy to count
+    x = torch.randn(32, 13, generator=torch.Generator().manual_seed(0))
+    loss = lambda: model(x).pow(2).mean()  # noqa: E731
+    during_stages = []
+
+    def val_loss():
+        during_stages.append(_live_tensors_shaped((7, 13)) - 2)  # less the weight and its grad
+        return loss()
+
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3)
+    ff = FastForward(sgd, model, val_loss, 3, delta_span=span, keep_buffers=False)
+    held = []
+    for _ in range(6):
+        loss().backward()
+        ff.step()
+        ff.zero_grad()
+        held.append(_live_tensors_shaped((7, 13)) - 1)
+    assert held == between_steps
+    assert ff.stats.stages == 2
+    assert set(during_stages) == {2}
+
+
 def test_keep_buffers_false_frees_them_after_each_stage_and_changes_no_bit():
     runs = {}
     for keep in (True, False):

@@ -106,6 +106,26 @@ def test_eval_mode_during_stages_and_each_submodule_mode_restored():
     assert (model.training, model.child.training) == (True, False)
 
 
+def test_a_closure_that_calls_train_leaves_every_submodule_as_it_was():
+    model, ff = _quadratic_ff(interval=1)
+    model.frozen_norm = torch.nn.BatchNorm1d(2)
+    model.dropout = torch.nn.Dropout()
+    model.train()
+    model.frozen_norm.eval()  # running statistics the user froze
+    evaluate = ff.val_closure
+
+    def closure_that_switches_back():
+        value = evaluate()
+        model.train()  # as a closure written for use outside a stage would end
+        return value
+
+    ff.val_closure = closure_that_switches_back
+    _one_step(model, ff)
+    assert ff.stats.stages == 1
+    modes = {name: module.training for name, module in model.named_modules()}
+    assert modes == {"": True, "frozen_norm": False, "dropout": True}
+
+
 def test_on_stage_receives_each_record():
     records = []
     model, ff = _quadratic_ff(interval=2, on_stage=records.append)
@@ -143,6 +163,22 @@ def test_deepcopy_keeps_the_wrapper_working():
     _one_step(model_copy, ff_copy)
     _one_step(model, ff)
     assert bitwise_equal(model_copy.x.detach(), model.x.detach())
+
+
+def test_a_copy_with_a_scheduler_attached_steps_itself_not_the_original():
+    model, ff = _quadratic_ff(interval=2)
+    scheduler = torch.optim.lr_scheduler.StepLR(ff, step_size=1, gamma=0.5)
+    _one_step(model, ff)
+    scheduler.step()
+    original = model.x.detach().clone()
+    model_copy, ff_copy, scheduler_copy = copy.deepcopy((model, ff, scheduler))
+    for _ in range(4):
+        _one_step(model_copy, ff_copy)
+        scheduler_copy.step()
+    assert (ff.stats.optimizer_steps, ff_copy.stats.optimizer_steps) == (1, 5)
+    assert bitwise_equal(model.x.detach(), original)
+    assert not bitwise_equal(model_copy.x.detach(), original)
+    assert ff_copy.param_groups[0]["lr"] == ff.param_groups[0]["lr"] * 0.5**4
 
 
 def test_stage_buffers_are_two_copies_allocated_once_and_freed_on_giving_up():

@@ -149,11 +149,13 @@ def _options(draw):
     """Any combination of the schedule's options, for intervals of at most 5."""
     interval = draw(st.integers(1, 5))
     adaptive = draw(st.booleans())
+    span = "step" if adaptive else draw(st.sampled_from(["step", "interval"]))
+    smallest_ratio = 1.0 if span == "interval" else 0.05  # at least one Δ's steps
     return {
         "interval": interval,
         "warmup": draw(st.integers(0, 4)),
         "max_tau": draw(st.integers(1, 60)),
-        "max_tau_ratio": draw(st.none() | st.floats(0.05, 5.0)),
+        "max_tau_ratio": draw(st.none() | st.floats(smallest_ratio, 5.0)),
         "adaptive_interval": (
             (draw(st.integers(1, interval)), interval + draw(st.integers(0, 6)))
             if adaptive
@@ -162,7 +164,7 @@ def _options(draw):
         "patience": draw(st.none() | st.integers(1, 3)),
         "search": draw(st.sampled_from(SEARCH_STRATEGIES)),
         "min_improvement": draw(st.sampled_from([0.0, 1e-3, 0.05, 0.3])),  # 0.3: give up
-        "delta_span": "step" if adaptive else draw(st.sampled_from(["step", "interval"])),
+        "delta_span": span,
     }
 
 
