@@ -10,6 +10,7 @@ stage will subtract, as tensors (a checkpoint taken right after a stage holds no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,8 @@ class WrapperState:
 
     ``reference`` is ``cost_aware``'s last measured ``(step, validation loss)``;
     ``snapshot`` is ``delta_span="interval"``'s ``(step it was taken before, tensors)``: this
-    rank's shards of the trainable parameters, in the order of the optimizer's groups.
+    rank's shards of the trainable parameters, in the order of the optimizer's groups;
+    ``training_clock`` is ``cost_aware``'s timed training, ``(seconds, optimizer steps)``.
     """
 
     config: Config
@@ -39,12 +41,15 @@ class WrapperState:
     reference: tuple[int, float] | None
     stats: FastForwardStats
     snapshot: tuple[int, list[Tensor]] | None = None
+    training_clock: tuple[float, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        snapshot = {}
+        snapshot: dict[str, Any] = {}
         if self.snapshot is not None:
             step, tensors = self.snapshot
             snapshot = {"interval_snapshot": {"step": step, "tensors": tensors}}
+        if self.training_clock is not None:
+            snapshot["training_clock"] = list(self.training_clock)
         return {
             "version": FORMAT_VERSION,
             "hyperparameters": self.config.to_dict(),
@@ -80,11 +85,12 @@ class WrapperState:
             schedule = Schedule.from_dict(state, config, stats.optimizer_steps)
             reference = _saved_reference(state.get("reference"))
             snapshot = _saved_snapshot(state.get("interval_snapshot"), config, stats)
+            clock = _saved_clock(state.get("training_clock"))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(
                 f"fastforward: the {WRAPPER!r} entry of the state_dict is malformed: {error!r}"
             ) from error
-        return cls(config, schedule, enabled, reference, stats, snapshot)
+        return cls(config, schedule, enabled, reference, stats, snapshot, clock)
 
 
 def _saved_reference(value: object) -> tuple[int, float] | None:
@@ -97,6 +103,18 @@ def _saved_reference(value: object) -> tuple[int, float] | None:
     if _is_bool(loss) or not isinstance(loss, (int, float)):
         raise TypeError(f"reference loss must be a number, got {loss!r}")
     return _check_int("reference", step, 0), float(loss)
+
+
+def _saved_clock(value: object) -> tuple[float, int] | None:
+    """A saved ``[seconds, steps]`` of timed training, or None (also before it was saved)."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise TypeError(f"training_clock must be [seconds, steps] or None, got {value!r}")
+    seconds, steps = value
+    if _is_bool(seconds) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+        raise ValueError(f"training_clock seconds must be a finite number >= 0, got {seconds!r}")
+    return float(seconds), _check_int("training_clock steps", steps, 0)
 
 
 def _saved_snapshot(

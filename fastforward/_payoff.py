@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+
+import torch
 
 
 def stage_payoff(
@@ -42,34 +45,57 @@ def stage_payoff(
         return math.inf
 
 
-@dataclass
-class StepClock:
-    """Mean wall time of one training iteration (everything between two ``step()`` calls).
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on ``device`` is done (the CPU has no queue)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type != "cpu":
+        accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+        if accelerator is not None and hasattr(accelerator, "synchronize"):
+            accelerator.synchronize(device)
 
-    The time a stage takes inside ``step()`` is left out, so that what remains is the user's
-    forward, backward, data loading and optimizer step.
+
+@dataclass
+class TrainingClock:
+    """Mean wall time of one training iteration, stages and validation passes left out.
+
+    Training is timed in segments from one synchronisation point to the next, so that on a
+    device that runs asynchronously to the host the time is the device's work, not the host's
+    kernel launches: a segment starts when a block of validation passes ends (or at the end of
+    the first ``step()``) and ends when the next block starts, the device synchronised at both.
+    Its optimizer steps are counted from the wrapper's counter, so the segments together cover
+    whole iterations (forward, backward, data loading and optimizer step).
+
+    Attributes:
+        seconds: Wall time of the finished segments.
+        steps: Optimizer steps taken in them.
     """
 
     seconds: float = 0.0
     steps: int = 0
-    _last_call: float | None = None
-    _excluded: float = 0.0
+    _started: tuple[float, int] | None = None  # (time, optimizer steps) of the running segment
 
-    def tick(self) -> None:
-        """Called at the start of every ``step()``."""
-        now = time.perf_counter()
-        if self._last_call is not None:
-            self.seconds += now - self._last_call - self._excluded
-            self.steps += 1
-        self._last_call, self._excluded = now, 0.0
+    @property
+    def running(self) -> bool:
+        """Whether a segment is being timed."""
+        return self._started is not None
 
-    def exclude(self, seconds: float) -> None:
-        """Leave out ``seconds`` (a stage's, or a validation pass's) from the current step."""
-        self._excluded += seconds
+    def start(self, optimizer_steps: int) -> None:
+        """Begin a segment now, after ``optimizer_steps`` steps (the device synchronised)."""
+        self._started = (time.perf_counter(), optimizer_steps)
+
+    def stop(self, optimizer_steps: int) -> None:
+        """End the running segment, if any, after ``optimizer_steps`` steps (synchronised)."""
+        if self._started is None:
+            return
+        started, steps = self._started
+        self.seconds += time.perf_counter() - started
+        self.steps += optimizer_steps - steps
+        self._started = None
 
     @property
     def seconds_per_step(self) -> float | None:
-        """The mean so far, or None before two ``step()`` calls."""
+        """The mean over the finished segments, or None before one with a step has ended."""
         return self.seconds / self.steps if self.steps else None
 
 
@@ -82,20 +108,33 @@ class CostAwareRule:
             :attr:`clock`.
         reference: The last measured ``(optimizer step, validation loss)``: the previous
             stage's landing, or the pass before the first stage; ``None`` before that.
-        clock: The training step's wall time, stages left out.
+        clock: Training's wall time, stages left out (used when ``cost_ratio`` is ``None``).
     """
 
     cost_ratio: float | None
     reference: tuple[int, float] | None = None
-    clock: StepClock = field(default_factory=StepClock)
+    clock: TrainingClock = field(default_factory=TrainingClock)
+
+    @property
+    def measures_time(self) -> bool:
+        """Whether the cost of a pass is measured (no ``cost_ratio`` was given)."""
+        return self.cost_ratio is None
 
     def payoff(
-        self, step: int, loss_before: float, loss_after: float, evaluations: int, seconds: float
+        self,
+        step: int,
+        loss_before: float,
+        loss_after: float,
+        evaluations: int,
+        seconds: float,
+        agree: Callable[[float], float] = float,
     ) -> float | None:
-        """:func:`stage_payoff` of the stage after ``step`` that took ``seconds``.
+        """:func:`stage_payoff` of the stage after ``step`` whose passes took ``seconds``.
 
-        None when there is nothing to measure against yet (no finite reference before
-        ``step``, or no measured training step).
+        A measured cost ratio is passed through ``agree`` (the mean over the ranks of a
+        process group: each rank has timed its own clock, and all must take the same
+        decision). None when there is nothing to measure against yet (no finite reference
+        before ``step``, or no timed training step on some rank).
         """
         if self.reference is None:
             return None
@@ -103,9 +142,10 @@ class CostAwareRule:
         ratio = self.cost_ratio
         if ratio is None:
             step_seconds = self.clock.seconds_per_step
-            if step_seconds is None or not step_seconds > 0:
+            measured = seconds / evaluations / step_seconds if step_seconds else math.nan
+            ratio = agree(measured if measured > 0 else math.nan)  # every rank calls it
+            if not 0 < ratio < math.inf:
                 return None
-            ratio = seconds / evaluations / step_seconds
         if not math.isfinite(reference_loss) or step <= reference_step:
             return None
         training_gain = (reference_loss - loss_before) / (step - reference_step)

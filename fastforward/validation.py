@@ -38,6 +38,11 @@ class ValidationClosure:
     ) -> None:
         self.model, self.groups, self.loss_fn = model, groups, loss_fn
 
+    @property
+    def rotates(self) -> bool:
+        """Whether calls with different ``stage`` evaluate different batches."""
+        return len(self.groups) > 1
+
     def __call__(self, stage: int = 0) -> Tensor:
         """The unweighted mean of the per-batch losses of group ``stage mod groups``."""
         compute = self.loss_fn or _model_output_loss

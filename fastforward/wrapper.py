@@ -43,7 +43,7 @@ from fastforward._logs import (
     log_stepped_aside,
 )
 from fastforward._modes import _eval_mode
-from fastforward._payoff import CostAwareRule
+from fastforward._payoff import CostAwareRule, TrainingClock, synchronize
 from fastforward._search import DEFAULT_SEARCH, SearchStrategy
 from fastforward._sharing import BaseStepGuard, SharedContainer, refuse_second_wrapper
 from fastforward._stage import DEFAULT_MIN_IMPROVEMENT, run_stage
@@ -116,7 +116,10 @@ class FastForward(Optimizer):
             skipped. Not with ``adaptive_interval`` (default: ``"step"``).
         cost_aware: Step aside (off for good) after the first stage that bought less validation
             loss than training would have with the same compute; each stage's ratio of the two
-            is ``StageRecord.payoff`` (``docs/algorithm.md``; default: ``False``).
+            is ``StageRecord.payoff`` (``docs/algorithm.md``; default: ``False``). It compares
+            losses across stages, so ``val_closure`` must evaluate the same data every call: a
+            closure that takes ``stage`` is refused with it, unless its attribute ``rotates``
+            is false (as :func:`~fastforward.validation_closure`'s is without ``rotate``).
         cost_ratio: With ``cost_aware``, a validation pass's cost in training steps (e.g. the
             ratio of their FLOPs); ``None`` measures it from wall time, stages left out, which is
             unreliable when the device runs asynchronously to the host (default: ``None``).
@@ -198,6 +201,14 @@ class FastForward(Optimizer):
             *(min_improvement, delta_span, cost_aware, cost_ratio),
         )
         self._closure_takes_stage = _check_closure_signature(val_closure)
+        rotates = getattr(val_closure, "rotates", self._closure_takes_stage)
+        if config.cost_aware and rotates:
+            raise ValueError(
+                "fastforward: cost_aware=True compares validation losses from stage to stage, "
+                "but val_closure takes `stage` (it may rotate the validation data, e.g. "
+                "validation_closure(..., rotate=k)), so they could come from different data; "
+                "pass a val_closure without `stage`, or cost_aware=False"
+            )
         # Optimizer.__init__ sets up hooks and profiling; it gets copies of the group dicts and
         # builds containers of its own, which are dropped once `optimizer` is set (see below)
         # (listed once each: torch warned about duplicates when the optimizer was built).
@@ -299,10 +310,8 @@ class FastForward(Optimizer):
         """
         self._refuse_during_stage("step()")
         step = self.stats.optimizer_steps + 1
-        if self.config.cost_aware:
-            self._cost.clock.tick()
-            if self._cost.reference is None and self.active and step > self.config.warmup:
-                self._measure_reference(step - 1)
+        if step > self.config.warmup:  # the first step (warmup 0), or a wrapper just loaded
+            self._measure_reference_if_missing(step - 1)
         stage_due = self.active and self._schedule.due(step, self.config)
         if self.active and self._schedule.snapshot_due(step, self.config):
             self._snapshot_(step)
@@ -323,6 +332,12 @@ class FastForward(Optimizer):
             finally:
                 if not self.keep_buffers:
                     self._free_buffers()
+        if step >= self.config.warmup:  # after the step: the next one is the first that counts
+            self._measure_reference_if_missing(step)
+        if self._times_training() and not self._cost.clock.running:
+            # Whole iterations from here: after the first step, a validation block, or a load.
+            self._synchronize()
+            self._cost.clock.start(step)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -409,9 +424,12 @@ class FastForward(Optimizer):
             and self._buffers.holds_snapshot(self._trainable_params(), taken_at)
         ):
             snapshot = (taken_at, self._buffers.delta)
+        clock = self._cost.clock
+        timed = (clock.seconds, clock.steps) if self.config.cost_aware else None
         state = WrapperState(
-            self.config, self._schedule, self.enabled, self._cost.reference, self.stats, snapshot
-        )
+            self.config, self._schedule, self.enabled, self._cost.reference, self.stats, snapshot,
+            timed,
+        )  # fmt: skip
         return state.to_dict()
 
     def load_wrapper_state_dict(self, state: dict[str, Any]) -> None:
@@ -432,9 +450,9 @@ class FastForward(Optimizer):
 
     def _set_wrapper_state(self, saved: WrapperState) -> None:
         self.config, self._schedule, self.stats = saved.config, saved.schedule, saved.stats
-        self._cost = dataclasses.replace(
-            self._cost, cost_ratio=saved.config.cost_ratio, reference=saved.reference
-        )
+        # The saved clock goes on; its running segment does not (timed again from the next step).
+        clock = TrainingClock(*saved.training_clock) if saved.training_clock else TrainingClock()
+        self._cost = CostAwareRule(saved.config.cost_ratio, saved.reference, clock)
         self.enabled = saved.enabled
         if self._schedule.gave_up:
             self._free_buffers()
@@ -531,7 +549,9 @@ class FastForward(Optimizer):
         before, after, passes = result.loss_before, result.loss_after, result.evaluations
         payoff = None
         if self.config.cost_aware:
-            payoff = self._cost.payoff(step, before, after, passes, progress.seconds)
+            payoff = self._cost.payoff(
+                step, before, after, passes, progress.seconds, agree=self._mean_across_ranks
+            )
         rejected = (result.rejected_tau, result.rejected_loss)
         span = self.config.delta_steps
         self._record_stage(
@@ -566,6 +586,19 @@ class FastForward(Optimizer):
         self._progress.passed(self.process_group, self.stats.optimizer_steps, loss)
         return loss
 
+    def _mean_across_ranks(self, value: float) -> float:
+        return _mean_across_ranks(value, self._collective_device(), self.process_group)
+
+    def _times_training(self) -> bool:
+        """Whether ``cost_aware`` measures a pass's cost in training steps from wall time."""
+        return self.config.cost_aware and self._cost.measures_time and self.active
+
+    def _synchronize(self) -> None:
+        """Wait for the work queued on the trainable parameters' device, before a timer reads."""
+        params = self._buffers.params or self._trainable_params()
+        if params:
+            synchronize(params[0].device)
+
     def _collective_device(self) -> torch.device:
         params = self._buffers.params or self._trainable_params()
         return _collective_device(self.process_group, params[0].device)
@@ -593,8 +626,15 @@ class FastForward(Optimizer):
         if self.on_stage is not None:
             self.on_stage(record)
 
-    def _measure_reference(self, step: int) -> None:
-        """``cost_aware``: the validation loss before the first stage, for training's rate."""
+    def _measure_reference_if_missing(self, step: int) -> None:
+        """``cost_aware``: the validation loss after ``step``, before the first stage, if none.
+
+        The first stage's payoff measures training's rate from it. Taken after the last warmup
+        step, so that the block ends a timed training segment on a whole iteration (or before
+        the first step, with no warmup).
+        """
+        if not (self.config.cost_aware and self.active) or self._cost.reference is not None:
+            return
         self._cost.reference = (step, math.nan)  # if the pass raises: nothing to measure against
         with torch.no_grad(), self._validating():
             self._cost.reference = (step, self._validation_loss())
@@ -605,8 +645,14 @@ class FastForward(Optimizer):
 
         The model is in eval mode, ``step()`` and the wrapped step are refused, progress lines
         are logged, and the wall time (``progress.seconds`` once the block has ended) counts as
-        stage time and is left out of the training step's.
+        stage time. When ``cost_aware`` times training, the block ends the running training
+        segment (the next starts at the end of ``step()``), with the device synchronised at
+        both ends, so that each side is charged its own queued work.
         """
+        timed = self._times_training()
+        if timed:
+            self._synchronize()
+            self._cost.clock.stop(self.stats.optimizer_steps)
         progress = StageProgress(time.perf_counter(), next_report=_logs.PROGRESS_SECONDS)
         self._progress = progress
         self._in_stage = True
@@ -616,9 +662,10 @@ class FastForward(Optimizer):
         finally:
             _reshard_fsdp_modules(self.model)  # training goes on from the landing point
             self._in_stage = False
+            if timed:
+                self._synchronize()
             progress.seconds = time.perf_counter() - progress.started
             self.stats.stage_seconds += progress.seconds
-            self._cost.clock.exclude(progress.seconds)
 
     def _give_up(self, step: int, reason: str) -> None:
         self._schedule.gave_up = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ def run_on_ranks(worker: Callable[[int], Any], world: int, out_dir: Path) -> lis
 
 def _entry(rank: int, worker: Callable[[int], Any], world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A rank left waiting in a collective fails the test in a minute instead of hanging it.
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         torch.save(worker(rank), Path(out_dir) / f"rank{rank}.pt")
     finally:

@@ -15,7 +15,7 @@ from reference import bitwise_equal
 from strategies import through_disk
 
 from fastforward import FastForward
-from fastforward._payoff import StepClock, stage_payoff
+from fastforward._payoff import TrainingClock, stage_payoff
 
 gains = st.floats(0.0, 10.0)
 rates = st.floats(-1.0, 1.0)
@@ -152,45 +152,95 @@ def test_the_rule_is_off_by_default_and_records_nothing():
     assert all(record.payoff is None for record in ff.stats.history)
 
 
-def test_without_a_cost_ratio_the_measured_times_set_it(monkeypatch):
-    """A validation pass that takes as long as a training step costs one step."""
+class _FakeTime:
+    """A wall clock that moves only when told: a training iteration or a validation pass."""
+
+    def __init__(self, monkeypatch, iteration: float, validation_pass: float) -> None:
+        self.now, self.iteration, self.validation_pass = 0.0, iteration, validation_pass
+        monkeypatch.setattr("fastforward._payoff.time.perf_counter", lambda: self.now)
+
+    def train(self, ff, model, steps):
+        for _ in range(steps):
+            self.now += self.iteration  # forward, backward, data: before step() is called
+            ff.zero_grad()
+            (-model.x).backward()
+            ff.step()
+
+    def validation(self, model):
+        def closure():
+            self.now += self.validation_pass
+            return model.validation()
+
+        return closure
+
+
+def _measuring(model, closure, interval=4, warmup=0, **options):
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    return FastForward(sgd, model, closure, interval, warmup=warmup, cost_aware=True, **options)
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 3])
+@pytest.mark.parametrize(("iteration", "validation_pass"), [(1.0, 1.0), (2.0, 0.5), (0.25, 4.0)])
+def test_without_a_cost_ratio_the_measured_times_set_it_exactly(
+    monkeypatch, warmup, iteration, validation_pass
+):
+    """Each stage's payoff uses the true ratio of a pass's time to an iteration's."""
+    clock = _FakeTime(monkeypatch, iteration, validation_pass)
     model = Line(target=40.0, curvature=1.0)
-    now = [0.0]
-
-    def validation():
-        now[0] += 1.0  # one second per validation pass
-        return model.validation()
-
-    monkeypatch.setattr("fastforward._payoff.time.perf_counter", lambda: now[0])
-    monkeypatch.setattr("fastforward.wrapper.time.perf_counter", lambda: now[0])
-    ff = FastForward(
-        torch.optim.SGD(model.parameters(), lr=0.1), model, validation, 4, cost_aware=True
-    )
-    for _ in range(8):
-        now[0] += 1.0  # one second per training iteration
-        ff.zero_grad()
-        (-model.x).backward()
-        ff.step()
+    ff = _measuring(model, clock.validation(model), warmup=warmup, interval=4)
+    clock.train(ff, model, warmup + 12)
+    assert ff.stats.history
+    x = 0.0
+    for _ in range(warmup):
+        x += 0.1  # SGD on the loss -x
+    reference_step, reference_loss = warmup, model.curvature * (x - model.target) ** 2
     for record in ff.stats.history:
-        assert record.payoff is not None
-    first = ff.stats.history[0]
-    rate = (model.curvature * model.target**2 - first.loss_before) / first.step
-    assert first.payoff == pytest.approx(
-        stage_payoff(first.loss_before - first.loss_after, first.evaluations, 1.0, rate)
-    )
+        rate = (reference_loss - record.loss_before) / (record.step - reference_step)
+        gain = record.loss_before - record.loss_after
+        ratio = validation_pass / iteration
+        assert record.payoff == stage_payoff(gain, record.evaluations, ratio, rate)
+        reference_step, reference_loss = record.step, record.loss_after
 
 
-def test_step_clock_leaves_out_stage_time(monkeypatch):
+def test_training_clock_times_whole_iterations_between_validation_blocks(monkeypatch):
     now = [0.0]
     monkeypatch.setattr("fastforward._payoff.time.perf_counter", lambda: now[0])
-    clock = StepClock()
-    clock.tick()
+    clock = TrainingClock()
+    clock.stop(0)  # no segment yet: nothing to end
     assert clock.seconds_per_step is None
-    for stage_seconds in (0.0, 5.0, 0.0):
-        now[0] += 2.0 + stage_seconds
-        clock.exclude(stage_seconds)
-        clock.tick()
-    assert clock.seconds_per_step == 2.0
+    assert not clock.running
+    clock.start(1)
+    now[0] += 6.0  # iterations 2, 3, 4
+    clock.stop(4)
+    assert not clock.running
+    now[0] += 100.0  # a stage: not training
+    clock.start(4)
+    now[0] += 2.0  # iteration 5
+    clock.stop(5)
+    assert (clock.seconds, clock.steps, clock.seconds_per_step) == (8.0, 4, 2.0)
+
+
+def test_a_measured_ratio_goes_on_after_a_resume_and_decides_as_before(monkeypatch):
+    """Times in powers of two: every sum exact, so the payoffs must be equal, not close."""
+    clock = _FakeTime(monkeypatch, iteration=0.5, validation_pass=0.25)
+    model = Line(target=40.0, curvature=1.0)
+    ff = _measuring(model, clock.validation(model), max_tau=8)  # a long way to go, in strides
+    clock.train(ff, model, 6)
+    saved = through_disk({"model": model.state_dict(), "optim": ff.state_dict()})
+    assert saved["optim"]["fastforward"]["training_clock"] == [1.5, 3]  # iterations 2, 3, 4
+    clock.train(ff, model, 30)
+
+    other = Line(40.0, 1.0)
+    other.load_state_dict(saved["model"])
+    resumed = _measuring(other, clock.validation(other), max_tau=8)
+    resumed.load_state_dict(saved["optim"])
+    clock.train(resumed, other, 30)
+    payoffs = [r.payoff for r in ff.stats.history]
+    assert len(payoffs) > 3
+    assert None not in payoffs
+    assert [r.payoff for r in resumed.stats.history] == payoffs
+    assert resumed.stats.gave_up_at_step == ff.stats.gave_up_at_step
+    assert bitwise_equal(other.x.detach(), model.x.detach())
 
 
 def test_checkpoint_keeps_the_rule_and_its_reference():
@@ -225,3 +275,21 @@ def test_cost_ratio_must_be_finite_and_positive(bad):
     with pytest.raises(ValueError, match="cost_ratio"):
         FastForward(torch.optim.SGD(model.parameters(), lr=0.1), model, model.validation,
                     cost_aware=True, cost_ratio=bad)  # fmt: skip
+
+
+def test_a_rotating_validation_closure_is_refused_with_cost_aware():
+    """The payoff compares the loss at the last landing with L_0: both must be on one group."""
+    from fastforward import validation_closure
+
+    model = torch.nn.Linear(3, 1)
+    pool = [(torch.randn(4, 3), torch.randn(4, 1)) for _ in range(4)]
+
+    def mse(model, batch):
+        return torch.nn.functional.mse_loss(model(batch[0]), batch[1])
+
+    adam = torch.optim.Adam(model.parameters())
+    rotating = validation_closure(model, pool, mse, rotate=2)
+    with pytest.raises(ValueError, match="val_closure takes `stage`"):
+        FastForward(adam, model, rotating, cost_aware=True)
+    fixed = validation_closure(model, pool, mse)
+    assert FastForward(adam, model, fixed, cost_aware=True).cost_aware

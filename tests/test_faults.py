@@ -170,6 +170,11 @@ def _adam():
         ({"adaptive_interval": (2.0, 8)}, TypeError, r"adaptive_interval\[0\] must be an int"),
         ({"adaptive_interval": (0, 8)}, ValueError, r"adaptive_interval\[0\] must be >= 1"),
         ({"adaptive_interval": (8, 12)}, ValueError, r"shortest <= interval \(6\) <= longest"),
+        (
+            {"cost_aware": True, "val_closure": lambda stage: 0.0},
+            ValueError,
+            "cost_aware=True compares validation losses .* but val_closure takes `stage`",
+        ),
     ],
     ids=lambda case: str(case) if isinstance(case, dict) else "",
 )
