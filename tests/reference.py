@@ -52,8 +52,8 @@ class ReferenceFastForward:
       with ``adaptive_interval``, when ``n - last_scheduled_step >= current_interval``;
     - ``Δ`` all zero or not finite, or ``L_0`` not finite: a skipped stage, nothing else changes;
     - ``max_tau_ratio`` caps the steps a stage simulates, ``τ * span``, at
-      ``floor(ratio * current_interval)``, at least 1; τ at least 1, at most ``max_tau``; the search's ``start`` hint is the previous stage's τ, at least 1, at most
-      that cap;
+      ``floor(ratio * current_interval)``, at least 1; τ at least 1, at most ``max_tau``; the
+      search's ``start`` hint is the previous stage's τ, at least 1, at most that cap;
     - after a stage with ``τ >= current_interval`` the interval halves, after one with ``τ <= 1``
       it doubles, clamped to ``adaptive_interval``;
     - after ``patience`` stages in a row that accepted ``τ = 0`` there are no more stages;
