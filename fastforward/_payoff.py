@@ -120,7 +120,7 @@ class CostAwareRule:
         """Whether the cost of a pass is measured (no ``cost_ratio`` was given)."""
         return self.cost_ratio is None
 
-    def payoff(
+    def judge(
         self,
         step: int,
         loss_before: float,
@@ -128,16 +128,17 @@ class CostAwareRule:
         evaluations: int,
         seconds: float,
         agree: Callable[[float], float] = float,
-    ) -> float | None:
-        """:func:`stage_payoff` of the stage after ``step`` whose passes took ``seconds``.
+    ) -> tuple[float | None, float | None]:
+        """``(payoff, cost ratio)`` of the stage after ``step`` whose passes took ``seconds``.
 
-        A measured cost ratio is passed through ``agree`` (the mean over the ranks of a
+        The payoff is :func:`stage_payoff`; the ratio is ``cost_ratio``, or the measured cost
+        of a pass in training steps passed through ``agree`` (the mean over the ranks of a
         process group: each rank has timed its own clock, and all must take the same
-        decision). None when there is nothing to measure against yet (no finite reference
-        before ``step``, or no timed training step on some rank).
+        decision). Either is None when there is nothing to measure yet: no reference before
+        ``step``, or no timed training step on some rank.
         """
         if self.reference is None:
-            return None
+            return None, None
         reference_step, reference_loss = self.reference
         ratio = self.cost_ratio
         if ratio is None:
@@ -145,8 +146,8 @@ class CostAwareRule:
             measured = seconds / evaluations / step_seconds if step_seconds else math.nan
             ratio = agree(measured if measured > 0 else math.nan)  # every rank calls it
             if not 0 < ratio < math.inf:
-                return None
+                return None, None
         if not math.isfinite(reference_loss) or step <= reference_step:
-            return None
+            return None, ratio
         training_gain = (reference_loss - loss_before) / (step - reference_step)
-        return stage_payoff(loss_before - loss_after, evaluations, ratio, training_gain)
+        return stage_payoff(loss_before - loss_after, evaluations, ratio, training_gain), ratio

@@ -28,6 +28,9 @@ class StageRecord:
         delta_steps: Optimizer steps that Δ spans, the unit of ``tau``: 1 (the last step's
             update), or the interval with ``delta_span="interval"``. The stage simulated
             ``tau * delta_steps`` steps.
+        cost_ratio: With ``cost_aware``: the cost of one validation pass in training steps
+            that ``payoff`` used (``cost_ratio`` as given, or as measured, averaged over the
+            ranks); ``None`` when off or not measured yet.
     """
 
     step: int
@@ -40,6 +43,7 @@ class StageRecord:
     rejected_loss: float | None = None
     payoff: float | None = None
     delta_steps: int = 1
+    cost_ratio: float | None = None
 
 
 @dataclass
@@ -123,9 +127,12 @@ _COUNTS = {
 }  # fmt: skip
 _NUMBERS = {
     "stage_seconds", "loss_before", "loss_after", "seconds", "rejected_loss", "payoff",
+    "cost_ratio",
 }  # fmt: skip
 _REASONS = {"gave_up_because": ("patience", "payoff")}
-_OPTIONAL = {"gave_up_at_step", "rejected_tau", "rejected_loss", "payoff", "gave_up_because"}
+_OPTIONAL = {
+    "gave_up_at_step", "rejected_tau", "rejected_loss", "payoff", "gave_up_because", "cost_ratio",
+}  # fmt: skip
 
 
 def _check_fields(where: str, values: dict[str, Any], kind: type) -> None:

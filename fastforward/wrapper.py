@@ -547,18 +547,19 @@ class FastForward(Optimizer):
             self._skip_stage(step, f"the validation loss at W_n is {loss}", logging.WARNING)
             return
         before, after, passes = result.loss_before, result.loss_after, result.evaluations
-        payoff = None
+        payoff = ratio = None
         if self.config.cost_aware:
-            payoff = self._cost.payoff(
+            payoff, ratio = self._cost.judge(
                 step, before, after, passes, progress.seconds, agree=self._mean_across_ranks
             )
         rejected = (result.rejected_tau, result.rejected_loss)
         span = self.config.delta_steps
         self._record_stage(
             StageRecord(
-                step, result.tau, before, after, passes, progress.seconds, *rejected, payoff, span
+                step, result.tau, before, after, passes, progress.seconds, *rejected, payoff, span,
+                ratio,
             )
-        )
+        )  # fmt: skip
 
     def _direction_usable(self, step: int) -> bool:
         """Turn the snapshot into Δ; whether it is worth a stage (not all zero, finite)."""

@@ -101,6 +101,7 @@ def test_each_payoff_follows_the_rule_and_no_stage_runs_after_stepping_aside(
             record.loss_before - record.loss_after, record.evaluations, cost_ratio, rate
         )
         assert record.payoff == expected
+        assert record.cost_ratio == cost_ratio
         reference_step, reference_loss = record.step, record.loss_after
     paid = [record.payoff >= 1 for record in ff.stats.history]
     if all(paid):
@@ -198,6 +199,7 @@ def test_without_a_cost_ratio_the_measured_times_set_it_exactly(
         rate = (reference_loss - record.loss_before) / (record.step - reference_step)
         gain = record.loss_before - record.loss_after
         ratio = validation_pass / iteration
+        assert record.cost_ratio == ratio
         assert record.payoff == stage_payoff(gain, record.evaluations, ratio, rate)
         reference_step, reference_loss = record.step, record.loss_after
 
