@@ -11,6 +11,7 @@ import inspect
 import math
 import numbers
 import operator
+import sys
 from collections.abc import Callable
 
 import torch
@@ -285,6 +286,24 @@ def _refuse_deferred_parameter_updates(optimizer: Optimizer) -> None:
             f"fastforward: {type(optimizer).__name__} is a DeepSpeed optimizer, which updates the "
             "model only after step() returns, so a Fast Forward stage would see stale weights; "
             "wrap a torch.optim optimizer and use DDP or FSDP instead"
+        )
+
+
+def _refuse_flat_parameter_sharding(model: nn.Module) -> None:
+    """FSDP1 (``FullyShardedDataParallel``) keeps each rank's shard in flat parameters.
+
+    Its modules gather them for a forward and may keep them gathered after a no-grad one, and
+    the tensors a user optimizes are views it re-points; a stage could read or write the wrong
+    storage, and nothing checks it. FSDP2 (``fully_shard``) is supported instead.
+    """
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # loaded once FSDP1 can be in use
+    kind = getattr(fsdp, "FullyShardedDataParallel", None)
+    if kind is not None and any(isinstance(module, kind) for module in model.modules()):
+        raise TypeError(
+            "fastforward: model contains FullyShardedDataParallel (FSDP1) modules, which Fast "
+            "Forward does not support (a stage could read and write gathered copies of the flat "
+            "parameters instead of the shards); shard the model with FSDP2, "
+            "torch.distributed.fsdp.fully_shard, which it supports (docs/integrations.md)"
         )
 
 

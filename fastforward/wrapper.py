@@ -24,6 +24,7 @@ from fastforward._checks import (
     _check_owned_by,
     _checked_loss,
     _refuse_deferred_parameter_updates,
+    _refuse_flat_parameter_sharding,
 )
 from fastforward._config import Config, Schedule
 from fastforward._distributed import (
@@ -195,6 +196,7 @@ class FastForward(Optimizer):
         _check_kinds(optimizer, model, val_closure, on_stage)
         assert val_closure is not None  # for mypy: _check_kinds refuses None
         _refuse_deferred_parameter_updates(optimizer)
+        _refuse_flat_parameter_sharding(model)
         refuse_second_wrapper(optimizer)
         config = Config(  # the hyperparameters, checked: the fields in the signature's order
             *(interval, warmup, max_tau, max_tau_ratio, adaptive_interval, patience, search),

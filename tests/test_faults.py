@@ -198,6 +198,18 @@ def test_wrapping_a_wrapper_is_rejected():
         FastForward(ff, model, lambda: 0.0)
 
 
+def test_an_fsdp1_model_is_refused_naming_fsdp2():
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    # An FSDP1 module needs a process group to be built; its class is what the check reads.
+    wrapped = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
+    torch.nn.Module.__init__(wrapped)
+    wrapped.inner = torch.nn.Linear(2, 1)
+    model = torch.nn.Sequential(wrapped)
+    with pytest.raises(TypeError, match=r"FullyShardedDataParallel \(FSDP1\).*fully_shard"):
+        FastForward(torch.optim.Adam(model.parameters()), model, lambda: 0.0)
+
+
 def test_deepspeed_zero_optimizer_is_refused():
     class DeepSpeedZeroOptimizer(torch.optim.SGD):  # stands in for deepspeed's own class
         __module__ = "deepspeed.runtime.zero.stage_1_and_2"
