@@ -164,7 +164,23 @@ def _without_timings(state: dict) -> dict:
 
 def _interval_delta_resume_worker(rank: int, folder: str) -> dict:
     """delta_span="interval" under FSDP2: each rank checkpoints its shard of the snapshot."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
     from torch.distributed.fsdp import fully_shard
+
+    from fastforward.dcp import WrapperState
+
+    def checkpoint_state(model, ff):
+        return {
+            "model": get_model_state_dict(model),
+            "optim": get_optimizer_state_dict(model, ff),
+            "fastforward": WrapperState(ff),
+        }
 
     def sharded_run():
         model, x, y = _model_and_data()
@@ -194,16 +210,30 @@ def _interval_delta_resume_worker(rank: int, folder: str) -> dict:
     ff.load_state_dict(checkpoint["optim"])
     train(model, ff, loss_fn, 5)
     resumed = [p.full_tensor().detach().clone() for p in model.parameters()]
+
+    model, ff, loss_fn = sharded_run()  # the same through DCP: each rank writes its shards
+    train(model, ff, loss_fn, 5)
+    dcp.save(checkpoint_state(model, ff), checkpoint_id=Path(folder) / "dcp")
+    model, ff, loss_fn = sharded_run()
+    state = checkpoint_state(model, ff)
+    dcp.load(state, checkpoint_id=Path(folder) / "dcp")
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, ff, state["optim"])
+    snapshot_after_dcp = ff._buffers.taken_at
+    train(model, ff, loss_fn, 5)
     return {
         "snapshot_step": checkpoint["optim"]["fastforward"]["interval_snapshot"]["step"],
         "taus": [r.tau for r in ff.stats.history],
         "uninterrupted": uninterrupted,
         "resumed": resumed,
+        "snapshot_after_dcp": snapshot_after_dcp,
+        "resumed_through_dcp": [p.full_tensor().detach().clone() for p in model.parameters()],
     }
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_fsdp2_resume_with_interval_delta_is_bitwise_from_each_ranks_shard(tmp_path):
+    """Through torch.save, one file per rank, and through DCP."""
     from functools import partial
 
     worker = partial(_interval_delta_resume_worker, folder=str(tmp_path))
@@ -212,6 +242,9 @@ def test_fsdp2_resume_with_interval_delta_is_bitwise_from_each_ranks_shard(tmp_p
         assert len(result["taus"]) == 3
         assert sum(result["taus"]) > 0
         pairs = zip(result["resumed"], result["uninterrupted"], strict=True)
+        assert all(bitwise_equal(a, b) for a, b in pairs)
+        assert result["snapshot_after_dcp"] == 4
+        pairs = zip(result["resumed_through_dcp"], result["uninterrupted"], strict=True)
         assert all(bitwise_equal(a, b) for a, b in pairs)
 
 

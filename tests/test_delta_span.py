@@ -218,8 +218,49 @@ def test_resume_through_disk_is_bitwise_at_every_point_of_the_interval(saved_at,
     assert without_timings(resumed.stats) == without_timings(ff.stats)
 
 
+@pytest.mark.parametrize("saved_at", [4, 5, 6, 7])
+def test_resume_through_dcp_is_bitwise_at_every_point_of_the_interval(saved_at, tmp_path):
+    """The recipe of docs/integrations.md, in one process: the snapshot travels as tensors."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    def checkpoint_state(model, ff):
+        return {
+            "model": get_model_state_dict(model),
+            "optim": get_optimizer_state_dict(model, ff),
+            "fastforward": WrapperState(ff),
+        }
+
+    model, ff = _make()
+    train(model, ff, 12)
+
+    first_model, first = _make()
+    train(first_model, first, saved_at)
+    resumed_model, resumed = _make(fixed_quadratic(seed=1))
+    with warnings.catch_warnings():  # DCP says that it saves in a single process
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.save(checkpoint_state(first_model, first), checkpoint_id=tmp_path, no_dist=True)
+        state = checkpoint_state(resumed_model, resumed)
+        dcp.load(state, checkpoint_id=tmp_path, no_dist=True)
+    set_model_state_dict(resumed_model, state["model"])
+    set_optimizer_state_dict(resumed_model, resumed, state["optim"])
+    assert (resumed._buffers.taken_at is not None) == (saved_at % 4 != 0)
+    train(resumed_model, resumed, 12 - saved_at)
+
+    assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
+    assert without_timings(resumed.stats) == without_timings(ff.stats)
+    assert resumed.stats.skipped_stages == 0
+
+
 def test_a_checkpoint_without_the_snapshot_skips_that_intervals_stage_only(caplog):
-    """As after a resume through DCP, whose entry is JSON: the snapshot cannot travel in it."""
+    """As after loading the wrapper's JSON entry alone: the snapshot is not in it."""
     caplog.set_level(logging.INFO, logger="fastforward")
     model, ff = _make()
     train(model, ff, 6)  # half way through the second interval
