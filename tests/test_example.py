@@ -36,5 +36,23 @@ def test_the_example_trains_with_stages_and_lowers_the_test_loss(capsys):
     out = capsys.readouterr().out
     before, after = (float(x) for x in re.findall(r"test loss \w+: ([\d.]+)", out))
     assert after < before
-    stages = int(re.search(r"(\d+) stages", out).group(1))
+    stages = int(re.search(r"(\d+) stages?", out).group(1))
     assert stages >= 1
+
+
+TRAINER_EXAMPLE = ROOT / "docs" / "trainer_example.py"
+
+
+def test_the_trainer_example_runs_stages_and_shows_them(capsys, caplog):
+    """After warmup, in the log (INFO lines) and in every Trainer log entry (ff/* counters)."""
+    pytest.importorskip("transformers")
+    namespace = runpy.run_path(str(TRAINER_EXAMPLE), run_name="trainer_example")
+    with caplog.at_level("INFO", logger="fastforward"):
+        ff = namespace["main"](["--steps", "12", "--batch", "8"])
+    assert ff.stats.optimizer_steps == 12
+    assert ff.warmup == 1
+    assert [r.step for r in ff.stats.history] == [7]
+    assert any("stage after step 7: tau=" in r.getMessage() for r in caplog.records)
+    out = capsys.readouterr().out
+    assert "'ff/stages': 1" in out
+    assert str(ff.stats) in out

@@ -32,7 +32,7 @@ class _Examples(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def _trainer(output_dir, ff_options=None, **overrides):
+def _trainer(output_dir, ff_options=None, callbacks=None, **overrides):
     model = peft.get_peft_model(
         tiny_gpt_neox(), peft.LoraConfig(r=4, target_modules=["query_key_value"])
     )
@@ -64,7 +64,7 @@ def _trainer(output_dir, ff_options=None, **overrides):
         args=args,
         train_dataset=_Examples(256, seed=0),
         optimizers=(ff, scheduler),
-        callbacks=[FastForwardCallback(ff)],
+        callbacks=[FastForwardCallback(ff)] if callbacks is None else callbacks,
     )
     return trainer, model, ff
 
@@ -129,3 +129,43 @@ def test_accelerate_prepare_and_accumulation_count_real_steps():
             prepared.zero_grad()
     assert ff.stats.optimizer_steps == 2 * INTERVAL
     assert [r.step for r in ff.stats.history] == [INTERVAL, 2 * INTERVAL]
+
+
+class _Tracker(transformers.TrainerCallback):
+    """Stands in for TensorBoard or W&B: records every entry it is asked to log."""
+
+    entries: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        _Tracker.entries.append(dict(logs))
+
+
+@pytest.mark.parametrize("attached", [False, True])
+def test_attach_puts_the_counters_in_what_trackers_log(tmp_path, monkeypatch, attached):
+    """Trainer registers its reporters (report_to) before the callbacks it is given."""
+    from fastforward import hf
+
+    monkeypatch.setattr(
+        transformers.trainer, "get_reporting_integration_callbacks", lambda report_to: [_Tracker]
+    )
+    _Tracker.entries = []
+    trainer, _, ff = _trainer(tmp_path / "tracked", callbacks=[] if attached else None)
+    if attached:
+        callback = hf.attach(trainer)
+        assert callback.ff is ff
+        assert trainer.callback_handler.callbacks[0] is callback
+    trainer.train()
+    logged = [entry for entry in _Tracker.entries if "loss" in entry]
+    assert len(logged) == STEPS // INTERVAL
+    stages = [entry.get("ff/stages") for entry in logged]
+    assert stages == ([1, 2, 3, 4] if attached else [None] * 4)
+
+
+def test_attach_replaces_a_callback_given_to_the_trainer(tmp_path):
+    from fastforward import hf
+
+    trainer, _, ff = _trainer(tmp_path / "twice")
+    hf.attach(trainer, ff)
+    mine = [c for c in trainer.callback_handler.callbacks if isinstance(c, FastForwardCallback)]
+    assert len(mine) == 1
+    assert trainer.callback_handler.callbacks[0] is mine[0]

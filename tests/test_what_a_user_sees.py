@@ -11,7 +11,7 @@ import torch
 from strategies import Quadratic, fixed_quadratic, train
 
 import fastforward._logs
-from fastforward import FastForward
+from fastforward import FastForward, FastForwardStats
 
 
 def _run(steps, **options):
@@ -32,6 +32,15 @@ def test_the_stats_line_is_short_and_says_what_the_stages_cost_and_simulated():
     for number in (stats.optimizer_steps, stats.stages, stats.simulated_steps, stats.evaluations):
         assert f" {number} " in line
     assert len(str(_run(300, patience=None).stats)) < 200  # does not grow with the stages
+
+
+def test_the_stats_line_counts_one_stage_in_the_singular():
+    line = str(_run(3, patience=None).stats)
+    assert line.startswith("Fast Forward: 3 optimizer steps, 1 stage (1 moved the model)")
+    assert str(FastForwardStats(optimizer_steps=1, evaluations=1)).startswith(
+        "Fast Forward: 1 optimizer step, 0 stages (0 moved the model) simulating 0 steps, "
+        "for 1 validation pass in"
+    )
 
 
 def test_giving_up_is_a_warning_that_says_why(caplog):
