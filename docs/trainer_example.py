@@ -72,6 +72,7 @@ def smollm2(n_train: int):
 
 
 def main(argv: list[str] | None = None) -> FastForward:
+    """Train as the command line says; return the wrapper (its ``stats``, its ``model``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=["byte-level", "smollm2"], default="byte-level")
     parser.add_argument("--steps", type=int, default=24, help="optimizer steps (default: 24)")

@@ -87,9 +87,9 @@ def test_the_loader_names_what_to_install(monkeypatch):
 def test_the_trainer_example_trains_smollm2():
     """The loader hands back a plain float32 model: Trainer trains it (no GGUF quantizer)."""
     import runpy
+    from pathlib import Path
 
     import torch
-    from pathlib import Path
 
     example = Path(__file__).resolve().parent.parent / "docs" / "trainer_example.py"
     main = runpy.run_path(str(example), run_name="trainer_example")["main"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -134,7 +136,7 @@ def test_accelerate_prepare_and_accumulation_count_real_steps():
 class _Tracker(transformers.TrainerCallback):
     """Stands in for TensorBoard or W&B: records every entry it is asked to log."""
 
-    entries: list[dict] = []
+    entries: ClassVar[list[dict]] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         _Tracker.entries.append(dict(logs))
