@@ -34,26 +34,32 @@ def flops_to_reach(curve: Curve, target: float, tolerance: float = TOLERANCE) ->
     return next((spent for spent, loss, _ in curve if loss <= target + tolerance), None)
 
 
-def table(runs: Sequence[Any], baseline: dict[str, Any], budget: dict[str, int]) -> str:
+def table(
+    runs: Sequence[Any],
+    baseline: dict[str, Any],
+    budget: dict[str, int],
+    fractions: Sequence[float] = FRACTIONS,
+) -> str:
     """Markdown: each run's loss at equal FLOPs and its FLOPs to reach Adam's loss.
 
     Args:
         runs: objects with ``name``, ``group`` and ``curve``.
         baseline: the Adam run of each group, by group; it sets the targets and the budget.
         budget: Adam's total FLOPs per group (100%).
+        fractions: the budgets, as fractions of Adam's, where losses are compared.
 
     Each FLOPs cell is the saving against Adam reaching the same loss (``+40%``: 40% fewer
     FLOPs); ``never`` means the run did not reach it within Adam's budget. Loss cells of
     other runs carry their difference to Adam at the same budget.
     """
-    head = [f"loss @{f:.0%}" for f in FRACTIONS] + [
+    head = [f"loss @{f:.0%}" for f in fractions] + [
         f"FLOPs to Adam@{f:.0%}" for f in TARGET_FRACTIONS
     ]
     lines = ["| run | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for run in runs:
         adam, total = baseline[run.group], budget[run.group]
         cells = []
-        for fraction in FRACTIONS:
+        for fraction in fractions:
             mine, theirs = (
                 loss_at(run.curve, fraction * total),
                 loss_at(adam.curve, fraction * total),

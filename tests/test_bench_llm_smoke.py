@@ -39,6 +39,8 @@ def test_the_smoke_study_writes_a_json_per_run_a_table_and_a_plot(smoke):
         == 4
     )
     assert (out / "loss_vs_flops.png").stat().st_size > 0
+    for section in ("### Converged", "### At equal optimizer steps", "### Stage by stage"):
+        assert section in table  # the smoke preset has the converged preset's train probe
 
 
 def test_every_run_stays_within_adams_budget_and_counts_its_passes(smoke):
@@ -66,6 +68,9 @@ def test_every_run_records_its_provenance_and_the_steps_of_its_curve(smoke):
         assert len(saved["steps_curve"]) == len(saved["curve"])
         assert saved["steps_curve"][0] == 0
         assert saved["steps_curve"][-1] == saved["steps"]
+        assert len(saved["train_curve"]) == len(saved["curve"])
+        kinds = [kind for _, _, kind in saved["curve"]]
+        assert kinds.count("before stage") == kinds.count("stage") == len(saved["taus"])
 
 
 def test_a_rerun_skips_runs_whose_json_matches(smoke):
