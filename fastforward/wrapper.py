@@ -122,8 +122,9 @@ class FastForward(Optimizer):
             closure that takes ``stage`` is refused with it, unless its attribute ``rotates``
             is false (as :func:`~fastforward.validation_closure`'s is without ``rotate``).
         cost_ratio: With ``cost_aware``, a validation pass's cost in training steps (e.g. the
-            ratio of their FLOPs); ``None`` measures it from wall time, stages left out, which is
-            unreliable when the device runs asynchronously to the host (default: ``None``).
+            ratio of their FLOPs); ``None`` measures it from wall time, the device synchronised
+            where each block of validation passes starts and ends, averaged over the ranks of
+            ``process_group`` (default: ``None``).
         enabled: ``False`` turns stages off: the wrapper is then bitwise the bare optimizer. May be
             changed between steps through the attribute of the same name (default: ``True``).
         on_stage: Called with the :class:`StageRecord` of every stage that ran (default: ``None``).
