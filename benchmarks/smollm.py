@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,8 @@ def load_model() -> torch.nn.Module:
     """SmolLM2-135M-Instruct as a plain float32 ``LlamaForCausalLM`` in eval mode.
 
     Plain: no quantizer attached (``transformers.Trainer`` refuses to train a model that
-    still names one, although the GGUF weights were dequantized on load).
+    still names one, although the GGUF weights were dequantized on load), and its config saved
+    as a ``config.json`` it names, which peft reads when it saves an adapter.
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -89,6 +91,11 @@ def load_model() -> torch.nn.Module:
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
     model.config.use_cache = False
+    # peft reads the base model's config.json when it saves an adapter (to see whether the
+    # vocabulary was resized); the package folder has only the GGUF file, so give it one.
+    config_dir = Path(tempfile.gettempdir()) / "fastforward-smollm2-config"
+    model.config.save_pretrained(config_dir)
+    model.config._name_or_path = model.name_or_path = str(config_dir)
     return model.eval()
 
 

@@ -122,3 +122,10 @@ def test_verify_reruns_the_cheapest_run_and_fails_on_a_changed_result(smoke, tmp
     with pytest.raises(SystemExit):
         bench_llm.main(["--preset", "smoke", "--out", str(copy), "--verify"])
     assert "MISMATCH in test losses" in capsys.readouterr().out
+
+
+def test_a_smollm2_adapter_saves_without_a_missing_config_warning(tmp_path):
+    """peft looks for the base model's config.json when it saves (warnings are errors here)."""
+    model = smollm.add_lora(smollm.load_model())
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
