@@ -44,12 +44,12 @@ class WrapperState:
     training_clock: tuple[float, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        snapshot: dict[str, Any] = {}
+        optional: dict[str, Any] = {}  # entries of the opt-in policies, when they hold any
         if self.snapshot is not None:
             step, tensors = self.snapshot
-            snapshot = {"interval_snapshot": {"step": step, "tensors": tensors}}
+            optional["interval_snapshot"] = {"step": step, "tensors": tensors}
         if self.training_clock is not None:
-            snapshot["training_clock"] = list(self.training_clock)
+            optional["training_clock"] = list(self.training_clock)
         return {
             "version": FORMAT_VERSION,
             "hyperparameters": self.config.to_dict(),
@@ -57,7 +57,7 @@ class WrapperState:
             **self.schedule.to_dict(),
             "reference": None if self.reference is None else list(self.reference),
             "stats": self.stats.to_dict(),
-            **snapshot,
+            **optional,
         }
 
     @classmethod

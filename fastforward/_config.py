@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fastforward._checks import (
     MAX_TAU_LIMIT,
@@ -78,8 +78,8 @@ class Config:
                 "fastforward: delta_span='interval' cannot be combined with adaptive_interval "
                 "(which resizes the interval that Δ spans); pass one of them"
             )
-        ratio = self.max_tau_ratio  # checked above
-        if checked["delta_span"] == "interval" and ratio is not None and float(ratio) < 1:
+        ratio = cast("float | None", checked["max_tau_ratio"])
+        if checked["delta_span"] == "interval" and ratio is not None and ratio < 1:
             raise ValueError(
                 f"fastforward: max_tau_ratio must be at least 1 with delta_span='interval', got "
                 f"{ratio}: τ counts whole intervals there, so no stage can keep a cap of less "
