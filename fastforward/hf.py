@@ -27,6 +27,9 @@ from fastforward.wrapper import FastForward
 class FastForwardCallback(TrainerCallback):
     """Add ``ff/*`` counters to every Trainer log entry (console, ``log_history``, trackers).
 
+    Register it with :func:`attach`: passed as ``Trainer(callbacks=[...])`` it runs after the
+    reporting callbacks, and the trackers never see the counters.
+
     Args:
         ff: The wrapper passed to ``Trainer(optimizers=(ff, scheduler))``, or an object that
             holds it as ``.optimizer`` (accelerate's ``AcceleratedOptimizer`` after ``prepare``).
