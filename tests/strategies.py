@@ -86,3 +86,19 @@ def through_disk(state_dict: dict) -> dict:
     torch.save(state_dict, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
+
+
+def dcp_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """What docs/integrations.md tells a user to give ``torch.distributed.checkpoint``."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    from fastforward.dcp import WrapperState
+
+    return {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, optimizer),
+        "fastforward": WrapperState(optimizer),
+    }

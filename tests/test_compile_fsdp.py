@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from gloo import run_on_ranks
 from reference import bitwise_equal
+from strategies import dcp_state
 
 from fastforward import FastForward
 
@@ -102,14 +103,10 @@ def _dcp_worker(rank: int, checkpoint: str) -> dict:
     """Train, save with DCP (model, optimizer, wrapper state), load into a fresh run."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
     from torch.distributed.fsdp import fully_shard
-
-    from fastforward.dcp import WrapperState
 
     def sharded_run():
         model, x, y = _model_and_data()
@@ -124,19 +121,10 @@ def _dcp_worker(rank: int, checkpoint: str) -> dict:
         torch.nn.functional.mse_loss(model(_model_and_data()[1]), _model_and_data()[2]).backward()
         ff.step()
         ff.zero_grad()
-    state = {
-        "model": get_model_state_dict(model),
-        "optim": get_optimizer_state_dict(model, ff),
-        "fastforward": WrapperState(ff),
-    }
-    dcp.save(state, checkpoint_id=checkpoint)
+    dcp.save(dcp_state(model, ff), checkpoint_id=checkpoint)
 
     fresh_model, fresh = sharded_run()
-    state = {
-        "model": get_model_state_dict(fresh_model),
-        "optim": get_optimizer_state_dict(fresh_model, fresh),
-        "fastforward": WrapperState(fresh),
-    }
+    state = dcp_state(fresh_model, fresh)
     dcp.load(state, checkpoint_id=checkpoint)
     set_model_state_dict(fresh_model, state["model"])
     set_optimizer_state_dict(fresh_model, fresh, state["optim"])
@@ -166,21 +154,10 @@ def _interval_delta_resume_worker(rank: int, folder: str) -> dict:
     """delta_span="interval" under FSDP2: each rank checkpoints its shard of the snapshot."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
     from torch.distributed.fsdp import fully_shard
-
-    from fastforward.dcp import WrapperState
-
-    def checkpoint_state(model, ff):
-        return {
-            "model": get_model_state_dict(model),
-            "optim": get_optimizer_state_dict(model, ff),
-            "fastforward": WrapperState(ff),
-        }
 
     def sharded_run():
         model, x, y = _model_and_data()
@@ -213,9 +190,9 @@ def _interval_delta_resume_worker(rank: int, folder: str) -> dict:
 
     model, ff, loss_fn = sharded_run()  # the same through DCP: each rank writes its shards
     train(model, ff, loss_fn, 5)
-    dcp.save(checkpoint_state(model, ff), checkpoint_id=Path(folder) / "dcp")
+    dcp.save(dcp_state(model, ff), checkpoint_id=Path(folder) / "dcp")
     model, ff, loss_fn = sharded_run()
-    state = checkpoint_state(model, ff)
+    state = dcp_state(model, ff)
     dcp.load(state, checkpoint_id=Path(folder) / "dcp")
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, ff, state["optim"])

@@ -24,7 +24,7 @@ from reference import (
     quadratic_along_ray,
     without_timings,
 )
-from strategies import Quadratic, fixed_quadratic, quadratics, through_disk, train
+from strategies import Quadratic, dcp_state, fixed_quadratic, quadratics, through_disk, train
 
 from fastforward import FastForward, StageRecord
 from fastforward.dcp import WrapperState
@@ -225,18 +225,9 @@ def test_resume_through_dcp_is_bitwise_at_every_point_of_the_interval(saved_at, 
 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
-
-    def checkpoint_state(model, ff):
-        return {
-            "model": get_model_state_dict(model),
-            "optim": get_optimizer_state_dict(model, ff),
-            "fastforward": WrapperState(ff),
-        }
 
     model, ff = _make()
     train(model, ff, 12)
@@ -246,8 +237,8 @@ def test_resume_through_dcp_is_bitwise_at_every_point_of_the_interval(saved_at, 
     resumed_model, resumed = _make(fixed_quadratic(seed=1))
     with warnings.catch_warnings():  # DCP says that it saves in a single process
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-        dcp.save(checkpoint_state(first_model, first), checkpoint_id=tmp_path, no_dist=True)
-        state = checkpoint_state(resumed_model, resumed)
+        dcp.save(dcp_state(first_model, first), checkpoint_id=tmp_path, no_dist=True)
+        state = dcp_state(resumed_model, resumed)
         dcp.load(state, checkpoint_id=tmp_path, no_dist=True)
     set_model_state_dict(resumed_model, state["model"])
     set_optimizer_state_dict(resumed_model, resumed, state["optim"])
