@@ -45,7 +45,7 @@ if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import budget_report, harness
 from benchmarks.harness import PAPER_LR
-from fastforward import FastForward, validation_closure
+from fastforward import FastForward, _payoff, validation_closure
 
 if TYPE_CHECKING:
     from benchmarks import lm
@@ -65,6 +65,7 @@ class Run:
     options: tuple[tuple[str, Any], ...] | None = None
     rotate: bool = False  # judge stage k on group k mod VAL_POOL of the held-out pool
     label: str = ""
+    pace: str = ""  # cost_aware's training pace (fastforward._payoff.PACE); "": the library's
 
     @property
     def is_ff(self) -> bool:
@@ -76,6 +77,7 @@ class Run:
             return f"adam-lr{self.lr:g}"
         parts = [f"{k}={_plain(v)}" for k, v in self.options or ()]
         parts += ["rotate"] if self.rotate else []
+        parts += [f"pace={self.pace}"] if self.pace else []
         return f"ff-lr{self.lr:g}" + "".join(f"-{p}" for p in parts)
 
 
@@ -84,11 +86,11 @@ def _plain(value: Any) -> str:
     return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def ff(lr: float, label: str, rotate: bool = False, **options: Any) -> Run:
+def ff(lr: float, label: str, rotate: bool = False, pace: str = "", **options: Any) -> Run:
     """A Fast Forward run; options equal to the library's defaults are dropped (same slug)."""
     defaults = inspect.signature(FastForward).parameters
     options = {k: v for k, v in options.items() if v != defaults[k].default}
-    return Run(lr, tuple(sorted(options.items())), rotate, label)
+    return Run(lr, tuple(sorted(options.items())), rotate, label, pace)
 
 
 @dataclass
@@ -109,6 +111,9 @@ class Outcome:
     train_step_flops: int = 0
     val_pass_flops: int = 0
     curve: list[tuple[int, int, float, float]] = field(default_factory=list)  # step, FLOPs, s, loss
+    provenance: dict[str, str] = field(default_factory=dict)  # empty in runs saved before it
+    stage_losses: list[tuple[float, float]] = field(default_factory=list)  # L_0, landing
+    payoffs: list[float | None] = field(default_factory=list)  # cost_aware's, per stage
 
 
 def train(
@@ -133,7 +138,7 @@ def train(
     model = harness.finetune_model(base, seed=seed)
     params = [p for p in model.parameters() if p.requires_grad]
     batches = harness.epoch_batches(splits.train, batch_size, epochs, seed)
-    outcome = Outcome(run)
+    outcome = Outcome(run, provenance=harness.provenance(harness.TINY_MODEL))
     costs = harness.unit_costs(
         harness.finetune_model(base), lm.lm_loss, batches[0], splits.val, run.lr
     )
@@ -147,6 +152,25 @@ def train(
         if options.get("cost_ratio") == "flops":  # a validation pass's cost in training steps
             options["cost_ratio"] = outcome.val_pass_flops / outcome.train_step_flops
         optimizer = FastForward(adam, model, closure, **options)
+    pace = _payoff.PACE
+    _payoff.PACE = run.pace or pace
+    try:
+        _train_loop(outcome, model, optimizer, costs, batches, splits, test_every)
+    finally:
+        _payoff.PACE = pace
+    return outcome
+
+
+def _train_loop(
+    outcome: Outcome,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    costs: harness.Costs,
+    batches: list[Any],
+    splits: lm.Splits,
+    test_every: int,
+) -> None:
+    from benchmarks import lm
 
     def flops(steps: int) -> int:
         if not isinstance(optimizer, FastForward):
@@ -172,12 +196,13 @@ def train(
         outcome.stages, outcome.evaluations = stats.stages, stats.evaluations
         outcome.taus = [record.tau for record in stats.history]
         outcome.stage_evaluations = [record.evaluations for record in stats.history]
+        outcome.stage_losses = [(r.loss_before, r.loss_after) for r in stats.history]
+        outcome.payoffs = [record.payoff for record in stats.history]
         outcome.stage_seconds = stats.stage_seconds
         outcome.gave_up_at_step = stats.gave_up_at_step
         outcome.gave_up_because = stats.gave_up_because
         steps = [0] + [record.step for record in stats.history]
         outcome.intervals = [b - a for a, b in itertools.pairwise(steps)]
-    return outcome
 
 
 def search_study(tuned_lr: float) -> list[Run]:
@@ -222,6 +247,25 @@ def policy_study(tuned_lr: float) -> list[Run]:
     return runs
 
 
+LASTING_LRS = (3e-3, 1e-2)  # below the tuned lr: where the defaults' lead did not last
+
+
+def lasting_study(tuned_lr: float) -> list[Run]:
+    """Whether a lead lasts (issue 22): the defaults and the opt-in pair, whose ``cost_aware``
+    judges a stage against the last interval's training pace or the fastest one so far, at the
+    paper's lr, the tuned one and the two between where the defaults ended behind Adam."""
+    pair = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")
+    runs = []
+    for lr in (PAPER_LR, *LASTING_LRS, tuned_lr):
+        runs += [
+            Run(lr, label="Adam"),
+            ff(lr, "FF defaults"),
+            ff(lr, "FF interval+cost-aware, last pace", pace="last", **pair),
+            ff(lr, "FF interval+cost-aware, peak pace", pace="peak", **pair),
+        ]
+    return runs
+
+
 def lr_study() -> list[Run]:
     """Plain Adam and Fast Forward with the library's defaults at every lr of the sweep."""
     return [run for lr in LR_SWEEP for run in (Run(lr, label="Adam"), ff(lr, "FF defaults"))]
@@ -231,10 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = harness.argument_parser(__doc__)
     parser.add_argument(
         "--study",
-        choices=("all", "lr", "search", "policy"),
+        choices=("all", "lr", "search", "policy", "lasting"),
         default="all",
         help="lr: the learning-rate sweep; search: strategies and guards; policy: the "
-        "cost-aware rule and Δ over the interval (default: all, ~95 min on 2 cores)",
+        "cost-aware rule and Δ over the interval; lasting: the training pace the cost-aware "
+        "rule judges against (default: all, ~95 min on 2 cores)",
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
@@ -290,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.study in ("all", "policy"):
         results = [get(run) for run in policy_study(tuned.run.lr)]
         budget_report.write_policy_study(results, out)
+    if args.study in ("all", "lasting"):
+        results = [get(run) for run in lasting_study(tuned.run.lr)]
+        budget_report.write_lasting_study(results, out)
 
 
 def _compare_with_seed_0(seed: int, results: list[Outcome], tuned: Outcome, out: Path) -> None:
@@ -309,6 +357,7 @@ def _load(path: Path) -> Outcome:
     data = json.loads(path.read_text())
     data["run"] = Run(**{**data["run"], "options": _options(data["run"]["options"])})
     data["curve"] = [tuple(point) for point in data["curve"]]
+    data["stage_losses"] = [tuple(pair) for pair in data.get("stage_losses", [])]
     return Outcome(**data)
 
 

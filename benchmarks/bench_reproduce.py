@@ -313,7 +313,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
         saved = json.loads(path.read_text()) if args.resume and path.exists() else {}
         if saved.get("spec") == asdict(spec) and saved.get("settings") == settings:
             result = _result_from_json(saved)
+            made_by = saved.get("provenance", {})
         else:
+            made_by = harness.provenance(harness.TINY_MODEL)
             result = train(
                 spec,
                 base,
@@ -327,7 +329,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         if spec.fast_forward == "off":
             targets.setdefault(spec.group, result.test_loss)
         results.append(result)
-        path.write_text(json.dumps({**asdict(result), "settings": settings}, indent=1))
+        record = {**asdict(result), "settings": settings, "provenance": made_by}
+        path.write_text(json.dumps(record, indent=1))
         print(
             f"  {spec.name:<32} lr {spec.lr:<7g} steps {result.steps:>4}"
             f"  test {result.test_loss:.4f}"
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 def _result_from_json(saved: dict[str, Any]) -> Result:
-    fields = {k: v for k, v in saved.items() if k != "settings"}
+    fields = {k: v for k, v in saved.items() if k not in ("settings", "provenance")}
     fields["spec"] = Spec(**fields["spec"])
     fields["stage_losses"] = [tuple(pair) for pair in fields["stage_losses"]]
     fields["curve"] = [tuple(point) for point in fields["curve"]]

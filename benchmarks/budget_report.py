@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ class _Curve:
     curve: list[tuple[int, float, str]]
 
 
-def anytime_table(results: list[Any]) -> str:
+def anytime_table(results: list[Any], fractions: Sequence[float] = anytime.FRACTIONS) -> str:
     """Loss at equal FLOPs and FLOPs to Adam's loss, each run against Adam at its lr."""
     runs = [
         _Curve(
@@ -194,7 +195,8 @@ def anytime_table(results: list[Any]) -> str:
         for o in results
     ]
     adam = {r.group: r for r, o in zip(runs, results, strict=True) if not o.run.is_ff}
-    return anytime.table(runs, adam, {group: r.curve[-1][0] for group, r in adam.items()})
+    budget = {group: r.curve[-1][0] for group, r in adam.items()}
+    return anytime.table(runs, adam, budget, fractions)
 
 
 def policy_table(results: list[Any]) -> str:
@@ -221,6 +223,16 @@ def policy_table(results: list[Any]) -> str:
 def write_policy_study(results: list[Any], out: Path) -> None:
     text = "\n".join([policy_table(results), anytime_table(results)])
     (out / "policy_table.md").write_text(text)
+
+
+LASTING_FRACTIONS = (0.25, 0.50, 0.75, 1.00)
+
+
+def write_lasting_study(results: list[Any], out: Path) -> None:
+    """``lasting_table.md``: passes and stages, then the losses at 25..100% of Adam's FLOPs."""
+    text = "\n".join([policy_table(results), anytime_table(results, LASTING_FRACTIONS)])
+    (out / "lasting_table.md").write_text(text)
+    print(text)
 
 
 def write_lr_study(results: list[Any], tuned: Any, out: Path) -> None:

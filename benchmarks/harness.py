@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 PAPER_LR = 4e-5  # the paper's LoRA learning rate for the medical task (App. E, Table 1)
 TOLERANCE = 1e-4  # the paper's ε: a loss within it of a target has reached the target
 RESULTS = Path(__file__).resolve().parent / "results"
+TINY_MODEL = "pythia-bytes-h128-l4-a4-t128 (byte-level, pretrained by benchmarks/pretrain.py)"
 
 
 def argument_parser(

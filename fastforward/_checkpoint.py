@@ -32,7 +32,9 @@ class WrapperState:
     ``reference`` is ``cost_aware``'s last measured ``(step, validation loss)``;
     ``snapshot`` is ``delta_span="interval"``'s ``(step it was taken before, tensors)``: this
     rank's shards of the trainable parameters, in the order of the optimizer's groups;
-    ``training_clock`` is ``cost_aware``'s timed training, ``(seconds, optimizer steps)``.
+    ``training_clock`` is ``cost_aware``'s timed training, ``(seconds, optimizer steps)``,
+    and ``peak_pace`` the fastest training pace it has measured (``0.0`` in a checkpoint
+    written before it was kept).
     """
 
     config: Config
@@ -42,6 +44,7 @@ class WrapperState:
     stats: FastForwardStats
     snapshot: tuple[int, list[Tensor]] | None = None
     training_clock: tuple[float, int] | None = None
+    peak_pace: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         optional: dict[str, Any] = {}  # entries of the opt-in policies, when they hold any
@@ -50,6 +53,8 @@ class WrapperState:
             optional["interval_snapshot"] = {"step": step, "tensors": tensors}
         if self.training_clock is not None:
             optional["training_clock"] = list(self.training_clock)
+        if self.peak_pace is not None:
+            optional["peak_pace"] = self.peak_pace
         return {
             "version": FORMAT_VERSION,
             "hyperparameters": self.config.to_dict(),
@@ -86,11 +91,22 @@ class WrapperState:
             reference = _saved_reference(state.get("reference"))
             snapshot = _saved_snapshot(state.get("interval_snapshot"), config, stats)
             clock = _saved_clock(state.get("training_clock"))
+            peak_pace = _saved_pace(state.get("peak_pace", 0.0 if config.cost_aware else None))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(
                 f"fastforward: the {WRAPPER!r} entry of the state_dict is malformed: {error!r}"
             ) from error
-        return cls(config, schedule, enabled, reference, stats, snapshot, clock)
+        return cls(config, schedule, enabled, reference, stats, snapshot, clock, peak_pace)
+
+
+def _saved_pace(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"peak_pace must be a number or None, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"peak_pace must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _saved_reference(value: object) -> tuple[int, float] | None:

@@ -99,9 +99,20 @@ class TrainingClock:
         return self.seconds / self.steps if self.steps else None
 
 
+# Which training pace a stage's payoff is measured against: "last", the interval before it;
+# "peak", the fastest interval since the reference. A switch for the benchmarks' comparison
+# of the two (issue 22); not an option of the library.
+PACE = "peak"
+
+
 @dataclass
 class CostAwareRule:
     """What ``cost_aware`` measures to judge a stage: training's pace, and a pass's cost.
+
+    A stage is judged against the fastest pace training has shown (validation loss per
+    optimizer step, from one measured point to the next): a stage that pre-empts training
+    leaves the interval after it with less to gain, so the last interval's pace would make the
+    next stage look cheap exactly when its gain is least likely to last.
 
     Attributes:
         cost_ratio: A validation pass's cost in training steps; ``None`` measures it with
@@ -109,11 +120,13 @@ class CostAwareRule:
         reference: The last measured ``(optimizer step, validation loss)``: the previous
             stage's landing, or the pass before the first stage; ``None`` before that.
         clock: Training's wall time, stages left out (used when ``cost_ratio`` is ``None``).
+        peak_pace: The fastest pace measured so far (``0.0`` before the first).
     """
 
     cost_ratio: float | None
     reference: tuple[int, float] | None = None
     clock: TrainingClock = field(default_factory=TrainingClock)
+    peak_pace: float = 0.0
 
     @property
     def measures_time(self) -> bool:
@@ -131,7 +144,9 @@ class CostAwareRule:
     ) -> tuple[float | None, float | None]:
         """``(payoff, cost ratio)`` of the stage after ``step`` whose passes took ``seconds``.
 
-        The payoff is :func:`stage_payoff`; the ratio is ``cost_ratio``, or the measured cost
+        The payoff is :func:`stage_payoff` at :attr:`peak_pace`, first raised to the pace
+        from :attr:`reference` to ``loss_before`` if that is faster (the one mutation); the
+        ratio is ``cost_ratio``, or the measured cost
         of a pass in training steps passed through ``agree`` (the mean over the ranks of a
         process group: each rank has timed its own clock, and all must take the same
         decision). Either is None when there is nothing to measure yet: no reference before
@@ -149,5 +164,9 @@ class CostAwareRule:
                 return None, None
         if not math.isfinite(reference_loss) or step <= reference_step:
             return None, ratio
-        training_gain = (reference_loss - loss_before) / (step - reference_step)
-        return stage_payoff(loss_before - loss_after, evaluations, ratio, training_gain), ratio
+        pace = (reference_loss - loss_before) / (step - reference_step)
+        if math.isfinite(pace):
+            self.peak_pace = max(self.peak_pace, pace)
+        if PACE == "peak":
+            pace = self.peak_pace
+        return stage_payoff(loss_before - loss_after, evaluations, ratio, pace), ratio

@@ -429,9 +429,10 @@ class FastForward(Optimizer):
             snapshot = (taken_at, self._buffers.delta)
         clock = self._cost.clock
         timed = (clock.seconds, clock.steps) if self.config.cost_aware else None
+        peak_pace = self._cost.peak_pace if self.config.cost_aware else None
         state = WrapperState(
             self.config, self._schedule, self.enabled, self._cost.reference, self.stats, snapshot,
-            timed,
+            timed, peak_pace,
         )  # fmt: skip
         return state.to_dict()
 
@@ -455,7 +456,9 @@ class FastForward(Optimizer):
         self.config, self._schedule, self.stats = saved.config, saved.schedule, saved.stats
         # The saved clock goes on; its running segment does not (timed again from the next step).
         clock = TrainingClock(*saved.training_clock) if saved.training_clock else TrainingClock()
-        self._cost = CostAwareRule(saved.config.cost_ratio, saved.reference, clock)
+        self._cost = CostAwareRule(
+            saved.config.cost_ratio, saved.reference, clock, saved.peak_pace or 0.0
+        )
         self.enabled = saved.enabled
         if self._schedule.gave_up:
             self._free_buffers()
