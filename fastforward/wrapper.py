@@ -243,6 +243,9 @@ class FastForward(Optimizer):
         self._in_stage = False  # a stage is running: step() and the wrapped step must not
         self._stepping = False  # inside step(): the wrapped optimizer's step is ours
         self._warned_direct_step = False
+        # load_wrapper_state_dict() ran and no step since: a base state loaded now (DCP's
+        # set_optimizer_state_dict, after WrapperState) lacks the entry by design.
+        self._wrapper_state_just_loaded = False
         self._progress = StageProgress(0.0, next_report=_logs.PROGRESS_SECONDS)
         self._guard_base_steps()
         _run_stages_eagerly()
@@ -312,6 +315,7 @@ class FastForward(Optimizer):
             What the wrapped optimizer's ``step`` returned (the closure's loss, if given).
         """
         self._refuse_during_stage("step()")
+        self._wrapper_state_just_loaded = False
         step = self.stats.optimizer_steps + 1
         if step > self.config.warmup:  # the first step (warmup 0), or a wrapper just loaded
             self._measure_reference_if_missing(step - 1)
@@ -384,7 +388,9 @@ class FastForward(Optimizer):
         Also accepts a bare ``state_dict()`` of the wrapped optimizer's class, as when Fast
         Forward is added to a run midway, or as ``torch.distributed.checkpoint`` returns it;
         the wrapper then keeps its own counters and says so in a warning (see
-        :meth:`wrapper_state_dict` to checkpoint them separately).
+        :meth:`wrapper_state_dict` to checkpoint them separately), unless
+        :meth:`load_wrapper_state_dict` loaded them since the last step (as
+        ``fastforward.dcp.WrapperState`` does inside ``torch.distributed.checkpoint.load``).
 
         Raises:
             ValueError: the ``"fastforward"`` entry is malformed; nothing is loaded then.
@@ -400,7 +406,8 @@ class FastForward(Optimizer):
         parsed = None if saved is None else self._parsed_wrapper_state(saved)
         self.optimizer.load_state_dict(base_state)
         if parsed is None:
-            log_no_wrapper_entry(self.process_group, WRAPPER, self.stats, self.active)
+            if not self._wrapper_state_just_loaded:
+                log_no_wrapper_entry(self.process_group, WRAPPER, self.stats, self.active)
         else:
             self._set_wrapper_state(parsed)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
@@ -444,6 +451,7 @@ class FastForward(Optimizer):
         """
         self._refuse_during_stage("load_wrapper_state_dict()")
         self._set_wrapper_state(self._parsed_wrapper_state(state))
+        self._wrapper_state_just_loaded = True
 
     def _parsed_wrapper_state(self, saved: object) -> WrapperState:
         """The checked entry (``ValueError`` if malformed), nothing loaded yet."""

@@ -130,6 +130,22 @@ def test_bare_optimizer_state_dict_loads_and_restarts_the_schedule(caplog):
     assert torch.equal(ff.state[model.x]["exp_avg"], bare.state[bare_model.x]["exp_avg"])
 
 
+def test_a_bare_state_loaded_just_after_the_wrapper_state_keeps_it_without_a_warning(caplog):
+    """DCP's order: WrapperState inside dcp.load, then set_optimizer_state_dict's bare dict."""
+    model, ff = _make(fixed_quadratic())
+    train(model, ff, 7)
+    saved = ff.state_dict()
+    bare = {key: value for key, value in saved.items() if key != "fastforward"}
+    resumed_model, resumed = _make(fixed_quadratic())
+    resumed.load_wrapper_state_dict(saved["fastforward"])
+    resumed.load_state_dict(bare)
+    assert "no 'fastforward' entry" not in caplog.text
+    assert resumed.stats.optimizer_steps == 7
+    train(resumed_model, resumed, 1)
+    resumed.load_state_dict(bare)  # a step since: this one is a bare load again
+    assert "no 'fastforward' entry" in caplog.text
+
+
 @given(saved_at=st.integers(0, 20), warmup=st.integers(0, 4))
 def test_a_checkpoint_from_before_the_schedule_options_resumes_the_fixed_schedule(saved_at, warmup):
     """Dicts saved before max_tau_ratio and adaptive_interval existed lack their keys."""

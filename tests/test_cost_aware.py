@@ -264,12 +264,40 @@ def test_checkpoint_keeps_the_rule_and_its_reference():
     resumed = make(other)
     resumed.load_state_dict(state)
     assert resumed._cost.reference == ff._cost.reference
+    assert resumed._cost.peak_pace == ff._cost.peak_pace > 0
     _train(ff, model, 10)
     _train(resumed, other, 10)
     timeless = lambda records: [dataclasses.replace(r, seconds=0.0) for r in records]  # noqa: E731
     assert timeless(resumed.stats.history) == timeless(ff.stats.history)
     assert ff.stats.gave_up_because == resumed.stats.gave_up_because == "payoff"
     assert bitwise_equal(other.x.detach(), model.x.detach())
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("peak_pace", -1.0),
+        ("peak_pace", math.nan),
+        ("peak_pace", "0.5"),
+        ("peak_pace", True),
+        ("training_clock", [-1.0, 3]),
+        ("training_clock", [1.0]),
+        ("reference", [2, "4.0"]),
+    ],
+)
+def test_a_malformed_entry_of_the_rule_is_refused_naming_it(key, bad):
+    model = Line(target=40.0, curvature=1.0)
+    make = lambda m: FastForward(  # noqa: E731
+        torch.optim.SGD(m.parameters(), lr=0.1), m, m.validation, 4, cost_aware=True
+    )
+    ff = make(model)
+    _train(ff, model, 6)
+    state = ff.state_dict()
+    state["fastforward"][key] = bad
+    fresh = make(Line(40.0, 1.0))
+    with pytest.raises(ValueError, match=key):
+        fresh.load_state_dict(state)
+    assert fresh.stats.optimizer_steps == 0
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
