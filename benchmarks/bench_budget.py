@@ -66,6 +66,7 @@ class Run:
     rotate: bool = False  # judge stage k on group k mod VAL_POOL of the held-out pool
     label: str = ""
     pace: str = ""  # cost_aware's training pace (fastforward._payoff.PACE); "": the library's
+    schedule: str = ""  # "linear" or "cosine", each after WARMUP_STEPS of linear warmup; "": none
 
     @property
     def is_ff(self) -> bool:
@@ -73,12 +74,13 @@ class Run:
 
     @property
     def slug(self) -> str:
+        schedule = [f"schedule={self.schedule}"] if self.schedule else []
         if not self.is_ff:
-            return f"adam-lr{self.lr:g}"
+            return f"adam-lr{self.lr:g}" + "".join(f"-{p}" for p in schedule)
         parts = [f"{k}={_plain(v)}" for k, v in self.options or ()]
         parts += ["rotate"] if self.rotate else []
         parts += [f"pace={self.pace}"] if self.pace else []
-        return f"ff-lr{self.lr:g}" + "".join(f"-{p}" for p in parts)
+        return f"ff-lr{self.lr:g}" + "".join(f"-{p}" for p in parts + schedule)
 
 
 def _plain(value: Any) -> str:
@@ -86,11 +88,13 @@ def _plain(value: Any) -> str:
     return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def ff(lr: float, label: str, rotate: bool = False, pace: str = "", **options: Any) -> Run:
+def ff(
+    lr: float, label: str, rotate: bool = False, pace: str = "", schedule: str = "", **options: Any
+) -> Run:
     """A Fast Forward run; options equal to the library's defaults are dropped (same slug)."""
     defaults = inspect.signature(FastForward).parameters
     options = {k: v for k, v in options.items() if v != defaults[k].default}
-    return Run(lr, tuple(sorted(options.items())), rotate, label, pace)
+    return Run(lr, tuple(sorted(options.items())), rotate, label, pace, schedule)
 
 
 @dataclass
@@ -152,10 +156,11 @@ def train(
         if options.get("cost_ratio") == "flops":  # a validation pass's cost in training steps
             options["cost_ratio"] = outcome.val_pass_flops / outcome.train_step_flops
         optimizer = FastForward(adam, model, closure, **options)
+    scheduler = _scheduler(run.schedule, optimizer, len(batches))
     pace = _payoff.PACE
     _payoff.PACE = run.pace or pace
     try:
-        _train_loop(outcome, model, optimizer, costs, batches, splits, test_every)
+        _train_loop(outcome, model, optimizer, scheduler, costs, batches, splits, test_every)
     finally:
         _payoff.PACE = pace
     return outcome
@@ -165,6 +170,7 @@ def _train_loop(
     outcome: Outcome,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    scheduler: Any,
     costs: harness.Costs,
     batches: list[Any],
     splits: lm.Splits,
@@ -186,6 +192,8 @@ def _train_loop(
     test(0)
     for step, batch in enumerate(batches, start=1):
         outcome.seconds += harness.timed_step(model, optimizer, lm.lm_loss, batch)[0]
+        if scheduler is not None:
+            scheduler.step()
         if step % test_every == 0 or step == len(batches):
             test(step)
     outcome.final_loss = outcome.curve[-1][3]
@@ -266,6 +274,38 @@ def lasting_study(tuned_lr: float) -> list[Run]:
     return runs
 
 
+WARMUP_STEPS = 8  # a tenth of the 80 steps, as common recipes (warmup_ratio 0.03..0.1)
+
+
+def _scheduler(schedule: str, optimizer: torch.optim.Optimizer, steps: int) -> Any:
+    """transformers' linear or cosine schedule after ``WARMUP_STEPS`` of warmup, or None."""
+    if not schedule:
+        return None
+    import transformers
+
+    make = {
+        "linear": transformers.get_linear_schedule_with_warmup,
+        "cosine": transformers.get_cosine_schedule_with_warmup,
+    }[schedule]
+    return make(optimizer, WARMUP_STEPS, steps)
+
+
+def warmup_study(tuned_lr: float) -> list[Run]:
+    """Stages during the learning-rate warmup (issue 25): Adam, Fast Forward's defaults (its
+    first stage after step 6, inside the warmup) and Fast Forward waiting for the warmup to
+    end (``warmup=WARMUP_STEPS``), under a linear and a cosine schedule, at the paper's lr and
+    the tuned one."""
+    runs = []
+    for lr in (PAPER_LR, tuned_lr):
+        for schedule in ("linear", "cosine"):
+            runs += [
+                Run(lr, label="Adam", schedule=schedule),
+                ff(lr, "FF defaults", schedule=schedule),
+                ff(lr, f"FF warmup={WARMUP_STEPS}", schedule=schedule, warmup=WARMUP_STEPS),
+            ]
+    return runs
+
+
 def lr_study() -> list[Run]:
     """Plain Adam and Fast Forward with the library's defaults at every lr of the sweep."""
     return [run for lr in LR_SWEEP for run in (Run(lr, label="Adam"), ff(lr, "FF defaults"))]
@@ -275,11 +315,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = harness.argument_parser(__doc__)
     parser.add_argument(
         "--study",
-        choices=("all", "lr", "search", "policy", "lasting"),
+        choices=("all", "lr", "search", "policy", "lasting", "warmup"),
         default="all",
         help="lr: the learning-rate sweep; search: strategies and guards; policy: the "
         "cost-aware rule and Δ over the interval; lasting: the training pace the cost-aware "
-        "rule judges against (default: all, ~95 min on 2 cores)",
+        "rule judges against; warmup: stages during a warmup schedule (default: all, ~95 min on 2 "
+        "cores)",
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
@@ -338,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.study in ("all", "lasting"):
         results = [get(run) for run in lasting_study(tuned.run.lr)]
         budget_report.write_lasting_study(results, out)
+    if args.study in ("all", "warmup"):
+        results = [get(run) for run in warmup_study(tuned.run.lr)]
+        budget_report.write_warmup_study(results, out)
 
 
 def _compare_with_seed_0(seed: int, results: list[Outcome], tuned: Outcome, out: Path) -> None:

@@ -188,8 +188,8 @@ def anytime_table(results: list[Any], fractions: Sequence[float] = anytime.FRACT
     """Loss at equal FLOPs and FLOPs to Adam's loss, each run against Adam at its lr."""
     runs = [
         _Curve(
-            f"{o.run.label} lr={o.run.lr:g}",
-            f"{o.run.lr:g}",
+            f"{o.run.label} lr={o.run.lr:g}{_scheduled(o)}",
+            _group(o),
             [(flops, loss, "") for _, flops, _, loss in o.curve],
         )
         for o in results
@@ -205,16 +205,16 @@ def policy_table(results: list[Any]) -> str:
         "| run | final test loss | vs Adam | val passes (per stage) | τ per stage | off at step |",
         "|---|---|---|---|---|---|",
     ]
-    adam = {o.run.lr: o for o in results if not o.run.is_ff}
+    adam = {_group(o): o for o in results if not o.run.is_ff}
     for o in results:
-        vs = "" if not o.run.is_ff else f"{o.final_loss / adam[o.run.lr].final_loss - 1:+.2%}"
+        vs = "" if not o.run.is_ff else f"{o.final_loss / adam[_group(o)].final_loss - 1:+.2%}"
         per_stage = ", ".join(map(str, o.stage_evaluations))  # empty in runs saved before it
         passes = f"{o.evaluations} ({per_stage})" if per_stage else str(o.evaluations)
         because = f" ({o.gave_up_because})" if o.gave_up_because else ""
         off = "" if o.gave_up_at_step is None else f"{o.gave_up_at_step}{because}"
         taus = ", ".join(map(str, o.taus))
         lines.append(
-            f"| {o.run.label} lr={o.run.lr:g} | {o.final_loss:.4f} | {vs} | "
+            f"| {o.run.label} lr={o.run.lr:g}{_scheduled(o)} | {o.final_loss:.4f} | {vs} | "
             + (f"{passes} | {taus} | {off} |" if o.run.is_ff else " |  |  |")
         )
     return "\n".join(lines) + "\n"
@@ -226,6 +226,22 @@ def write_policy_study(results: list[Any], out: Path) -> None:
 
 
 LASTING_FRACTIONS = (0.25, 0.50, 0.75, 1.00)
+
+
+def _group(outcome: Any) -> str:
+    """The runs compared with one Adam run: same lr, same schedule."""
+    return f"{outcome.run.lr:g}{_scheduled(outcome)}"
+
+
+def _scheduled(outcome: Any) -> str:
+    return f", {outcome.run.schedule} schedule" if outcome.run.schedule else ""
+
+
+def write_warmup_study(results: list[Any], out: Path) -> None:
+    """``warmup_table.md``: stages under a warmup schedule, and the losses at 25..100%."""
+    text = "\n".join([policy_table(results), anytime_table(results, LASTING_FRACTIONS)])
+    (out / "warmup_table.md").write_text(text)
+    print(text)
 
 
 def write_lasting_study(results: list[Any], out: Path) -> None:

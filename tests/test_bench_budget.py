@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
@@ -114,3 +115,66 @@ def test_a_tiny_run_with_rotation_and_adaptive_interval_counts_its_stages():
         + 2 * (outcome.evaluations + outcome.stages) * 16_384
     )
     assert all(1 <= gap <= 4 for gap in outcome.intervals)
+
+
+def test_the_warmup_study_compares_each_run_with_adam_under_the_same_schedule(tmp_path):
+    runs = bench_budget.warmup_study(3e-2)
+    assert len({run.slug for run in runs}) == len(runs) == 12
+    assert runs[0].slug == "adam-lr4e-05-schedule=linear"
+    assert runs[2].slug == "ff-lr4e-05-warmup=8-schedule=linear"
+    linear, cosine = (
+        _outcome(3e-2, [3.0, 2.4, 2.2]),
+        _outcome(3e-2, [3.0, 2.2, 2.0]),
+    )
+    linear, cosine = (replace(linear, run=runs[6]), replace(cosine, run=runs[9]))
+    ff = replace(_outcome(3e-2, [3.0, 2.3, 2.1], ff=True), run=runs[10])  # cosine
+    budget_report.write_warmup_study([linear, cosine, ff], tmp_path)
+    text = (tmp_path / "warmup_table.md").read_text()
+    assert "| FF defaults lr=0.03, cosine schedule | 2.1000 | +5.00% |" in text
+
+
+def test_the_schedules_warm_up_then_decay_and_none_is_none():
+    param = torch.nn.Parameter(torch.zeros(1))
+    for schedule in ("linear", "cosine"):
+        adam = torch.optim.Adam([param], lr=0.1)
+        scheduler = bench_budget._scheduler(schedule, adam, 2 * bench_budget.WARMUP_STEPS)
+        rates = []
+        for _ in range(2 * bench_budget.WARMUP_STEPS):
+            rates.append(adam.param_groups[0]["lr"])
+            adam.step()
+            scheduler.step()
+        assert rates[0] == 0.0
+        assert rates[bench_budget.WARMUP_STEPS] == pytest.approx(0.1, rel=1e-12)
+        assert rates == sorted(rates[: bench_budget.WARMUP_STEPS + 1]) + sorted(
+            rates[bench_budget.WARMUP_STEPS + 1 :], reverse=True
+        )
+    assert bench_budget._scheduler("", adam, 10) is None
+
+
+def test_a_scheduled_run_steps_its_schedule_and_a_pace_is_set_for_its_run_only(monkeypatch):
+    base = lm.load_pretrained()
+    full = lm.finetune_splits(0, n_test=32)
+    splits = replace(full, train=full.train[:256])
+    run = bench_budget.ff(1e-3, "tiny", pace="last", schedule="linear", interval=2,
+                          delta_span="interval", cost_aware=True, cost_ratio="flops")  # fmt: skip
+    paces, schedulers = [], []
+    real_judge, real_scheduler = bench_budget._payoff.CostAwareRule.judge, bench_budget._scheduler
+
+    def judge(self, *args, **kwargs):
+        paces.append(bench_budget._payoff.PACE)
+        return real_judge(self, *args, **kwargs)
+
+    def scheduler(*args):
+        schedulers.append(real_scheduler(*args))
+        return schedulers[-1]
+
+    monkeypatch.setattr(bench_budget._payoff.CostAwareRule, "judge", judge)
+    monkeypatch.setattr(bench_budget, "_scheduler", scheduler)
+    original = bench_budget._payoff.PACE
+    outcome = bench_budget.train(run, base, splits, splits.val, epochs=2, batch_size=32)
+    assert paces
+    assert set(paces) == {"last"}
+    assert original == bench_budget._payoff.PACE
+    assert schedulers[0].last_epoch == outcome.curve[-1][0] == 2 * 256 // 32
+    assert outcome.provenance["model"] == harness.TINY_MODEL
+    assert len(outcome.stage_losses) == len(outcome.payoffs) == outcome.stages
