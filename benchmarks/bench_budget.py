@@ -291,17 +291,19 @@ def _scheduler(schedule: str, optimizer: torch.optim.Optimizer, steps: int) -> A
 
 
 def warmup_study(tuned_lr: float) -> list[Run]:
-    """Stages during the learning-rate warmup (issue 25): Adam, Fast Forward's defaults (its
-    first stage after step 6, inside the warmup) and Fast Forward waiting for the warmup to
-    end (``warmup=WARMUP_STEPS``), under a linear and a cosine schedule, at the paper's lr and
-    the tuned one."""
+    """Stages during the learning-rate warmup (issue 25): Adam, Fast Forward from the first
+    interval (its first stage after step 6, inside the warmup) and Fast Forward waiting for the
+    warmup to end (``warmup=WARMUP_STEPS``), under a linear and a cosine schedule, at the
+    paper's lr and the tuned one. Fast Forward with Δ over the interval and ``cost_aware``
+    (its cost ratio from FLOPs), the default candidate of issue 22."""
+    pair = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")
     runs = []
     for lr in (PAPER_LR, tuned_lr):
         for schedule in ("linear", "cosine"):
             runs += [
                 Run(lr, label="Adam", schedule=schedule),
-                ff(lr, "FF defaults", schedule=schedule),
-                ff(lr, f"FF warmup={WARMUP_STEPS}", schedule=schedule, warmup=WARMUP_STEPS),
+                ff(lr, "FF", schedule=schedule, **pair),
+                ff(lr, f"FF warmup={WARMUP_STEPS}", schedule=schedule, warmup=WARMUP_STEPS, **pair),
             ]
     return runs
 

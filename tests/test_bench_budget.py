@@ -121,7 +121,9 @@ def test_the_warmup_study_compares_each_run_with_adam_under_the_same_schedule(tm
     runs = bench_budget.warmup_study(3e-2)
     assert len({run.slug for run in runs}) == len(runs) == 12
     assert runs[0].slug == "adam-lr4e-05-schedule=linear"
-    assert runs[2].slug == "ff-lr4e-05-warmup=8-schedule=linear"
+    assert runs[2].slug == (
+        "ff-lr4e-05-cost_aware=True-cost_ratio=flops-delta_span=interval-warmup=8-schedule=linear"
+    )
     linear, cosine = (
         _outcome(3e-2, [3.0, 2.4, 2.2]),
         _outcome(3e-2, [3.0, 2.2, 2.0]),
@@ -130,7 +132,7 @@ def test_the_warmup_study_compares_each_run_with_adam_under_the_same_schedule(tm
     ff = replace(_outcome(3e-2, [3.0, 2.3, 2.1], ff=True), run=runs[10])  # cosine
     budget_report.write_warmup_study([linear, cosine, ff], tmp_path)
     text = (tmp_path / "warmup_table.md").read_text()
-    assert "| FF defaults lr=0.03, cosine schedule | 2.1000 | +5.00% |" in text
+    assert "| FF lr=0.03, cosine schedule | 2.1000 | +5.00% |" in text
 
 
 def test_the_schedules_warm_up_then_decay_and_none_is_none():
