@@ -88,12 +88,19 @@ def _plain(value: Any) -> str:
     return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+# The policy of a run whose options leave these out: the defaults of fastforward 0.1, so that a
+# run's file name keeps its meaning when the library's defaults change (0.2: the pair).
+BASELINE = {"delta_span": "step", "cost_aware": False}
+
+
 def ff(
     lr: float, label: str, rotate: bool = False, pace: str = "", schedule: str = "", **options: Any
 ) -> Run:
-    """A Fast Forward run; options equal to the library's defaults are dropped (same slug)."""
-    defaults = inspect.signature(FastForward).parameters
-    options = {k: v for k, v in options.items() if v != defaults[k].default}
+    """A Fast Forward run; options equal to the baseline's are dropped (same slug): the library's
+    defaults, with ``BASELINE`` for the policy."""
+    defaults = {k: p.default for k, p in inspect.signature(FastForward).parameters.items()}
+    baseline = {**defaults, **BASELINE}
+    options = {k: v for k, v in options.items() if v != baseline[k]}
     return Run(lr, tuple(sorted(options.items())), rotate, label, pace, schedule)
 
 
@@ -152,7 +159,7 @@ def train(
     if run.options is not None:
         groups = pool.split(len(splits.val)) if run.rotate else [splits.val]
         closure = validation_closure(model, groups, lm.lm_loss, rotate=1)
-        options = dict(run.options)
+        options = {**BASELINE, **dict(run.options)}
         if options.get("cost_ratio") == "flops":  # a validation pass's cost in training steps
             options["cost_ratio"] = outcome.val_pass_flops / outcome.train_step_flops
         optimizer = FastForward(adam, model, closure, **options)
@@ -267,7 +274,7 @@ def lasting_study(tuned_lr: float) -> list[Run]:
     for lr in (PAPER_LR, *LASTING_LRS, tuned_lr):
         runs += [
             Run(lr, label="Adam"),
-            ff(lr, "FF defaults"),
+            ff(lr, "FF 0.1 defaults (step Δ)"),
             ff(lr, "FF interval+cost-aware, last pace", pace="last", **pair),
             ff(lr, "FF interval+cost-aware, peak pace", pace="peak", **pair),
         ]

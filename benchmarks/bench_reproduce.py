@@ -150,6 +150,7 @@ def train(
             interval=6,
             search=spec.search,
             min_improvement=spec.min_improvement,
+            cost_ratio=costs.val_pass / costs.train_step,  # from FLOPs: the same on every machine
         )
     elif spec.fast_forward == "paper":
         optimizer = PaperFastForward(adam, params, val_loss, interval=6)

@@ -49,8 +49,8 @@ class Config:
     patience: int | None = 3
     search: str | SearchStrategy = DEFAULT_SEARCH
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
-    delta_span: str = "step"
-    cost_aware: bool = False
+    delta_span: str = "interval"
+    cost_aware: bool = True
     cost_ratio: float | None = None
 
     def __post_init__(self) -> None:
@@ -75,15 +75,16 @@ class Config:
         }
         if checked["delta_span"] == "interval" and bounds is not None:
             raise ValueError(
-                "fastforward: delta_span='interval' cannot be combined with adaptive_interval "
-                "(which resizes the interval that Δ spans); pass one of them"
+                "fastforward: delta_span='interval' (the default) cannot be combined with "
+                "adaptive_interval (which resizes the interval that Δ spans); pass "
+                "delta_span='step' with adaptive_interval"
             )
         ratio = cast("float | None", checked["max_tau_ratio"])
         if checked["delta_span"] == "interval" and ratio is not None and ratio < 1:
             raise ValueError(
-                f"fastforward: max_tau_ratio must be at least 1 with delta_span='interval', got "
-                f"{ratio}: τ counts whole intervals there, so no stage can keep a cap of less "
-                "than one interval's steps"
+                f"fastforward: max_tau_ratio must be at least 1 with delta_span='interval' (the "
+                f"default), got {ratio}: τ counts whole intervals there, so no stage can keep a "
+                "cap of less than one interval's steps; pass delta_span='step' for a smaller cap"
             )
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -110,13 +111,14 @@ class Config:
 
         Raises:
             KeyError: a field is missing; those added after the first checkpoint format may
-                be, and take their defaults (they were off).
+                be, and are then off (as they were when it was written).
             ValueError, TypeError: a field is invalid, or the checkpoint names a strategy
                 that is neither built in nor ``own_search``.
         """
         for field in dataclasses.fields(cls):
             if field.name not in saved and field.name not in _ADDED_AFTER_FORMAT_1:
                 raise KeyError(field.name)
+        saved = {**_OFF_BEFORE_THEY_EXISTED, **saved}
         return cls(**{**saved, "search": _saved_search(saved["search"], own_search)})
 
     def _named_fields(self) -> dict[str, Any]:
@@ -126,9 +128,12 @@ class Config:
         return values
 
 
-_ADDED_AFTER_FORMAT_1 = (
-    "max_tau_ratio", "adaptive_interval", "delta_span", "cost_aware", "cost_ratio",
-)  # fmt: skip
+# Their values in a checkpoint written before they existed: off, not today's defaults.
+_OFF_BEFORE_THEY_EXISTED = {
+    "max_tau_ratio": None, "adaptive_interval": None, "delta_span": "step", "cost_aware": False,
+    "cost_ratio": None,
+}  # fmt: skip
+_ADDED_AFTER_FORMAT_1 = tuple(_OFF_BEFORE_THEY_EXISTED)
 
 
 def _saved_search(name: object, own_search: str | SearchStrategy) -> object:

@@ -60,19 +60,22 @@ class FastForward(Optimizer):
 
     Fast Forward (Rahamim et al., 2024) alternates ordinary optimizer steps with *stages*: after
     step ``n`` with ``n > warmup`` and ``(n - warmup) % interval == 0``, it runs
-    :func:`~fastforward.fast_forward_stage` along the last update of every trainable parameter,
-    judged by the loss on a tiny validation set:
+    :func:`~fastforward.fast_forward_stage` along the update of every trainable parameter over
+    the interval (the paper's last step with ``delta_span="step"``), judged by the loss on a
+    tiny validation set:
 
     .. math::
 
-        \Delta = W_n - W_{n-1}, \qquad
+        \Delta = W_n - W_{n-\text{interval}}, \qquad
         L_\tau = \mathcal{L}_{val}(W_n + \tau\Delta), \quad \tau = 0, 1, 2, \dots
 
     The parameters are left **bitwise** at the best point evaluated, also when ``val_closure``
     raises (the exception propagates after the rollback). Stages never touch the wrapped
     optimizer's state, gradients or learning rates; a step whose ``Δ`` is all zero or not finite
-    (skipped by a ``GradScaler``) runs none. After ``patience`` stages in a row that accepted
-    ``τ = 0`` (paper §5.1), Fast Forward is off for good: the wrapper is the bare optimizer.
+    (skipped by a ``GradScaler``) runs none. After the first stage that bought less validation
+    loss than training would have with its compute (``cost_aware``), or after ``patience``
+    stages in a row that accepted ``τ = 0`` (paper §5.1), Fast Forward is off for good: the
+    wrapper is the bare optimizer.
 
     The wrapper *is* a :class:`torch.optim.Optimizer` sharing ``param_groups``, ``state`` and
     ``defaults`` with the wrapped one (the same objects), so LR schedulers, gradient clipping and
@@ -108,22 +111,25 @@ class FastForward(Optimizer):
             ``functools.partial`` with its arguments): the wrapper that loads it must be given
             the same callable, so prefer a module-level function to a lambda.
         min_improvement: {shared}
-        delta_span: ``"step"``: Δ is the last step's update, as in the paper. ``"interval"``:
-            Δ is the whole interval's, ``W_n - W_{n-interval}`` (from where the previous stage
-            landed), and τ counts intervals: it averages the steps' minibatch noise (measured
-            in ``docs/results.md``, "Cost-aware stages"). The snapshot of ``W`` is then held
-            through the interval and saved in ``state_dict()``; a stage whose interval began
-            before ``enabled`` was set, or before a checkpoint without it was loaded, is
-            skipped. Not with ``adaptive_interval`` (default: ``"step"``).
+        delta_span: ``"interval"``: Δ is the whole interval's update, ``W_n - W_{n-interval}``
+            (from where the previous stage landed), and τ counts intervals: it averages the
+            steps' minibatch noise. The snapshot of ``W`` is then held through the interval and
+            saved in ``state_dict()``; a stage whose interval began before ``enabled`` was set,
+            or before a checkpoint without it was loaded, is skipped. Not with
+            ``adaptive_interval``. ``"step"``: Δ is the last step's update, as in the paper
+            (default: ``"interval"``, chosen by ``docs/results.md``, "Choosing the default").
         cost_aware: Step aside (off for good) after the first stage that bought less validation
-            loss than training would have with the same compute; each stage's ratio of the two
-            is ``StageRecord.payoff`` (``docs/algorithm.md``; default: ``False``). It compares
-            losses across stages, so ``val_closure`` must evaluate the same data every call: a
-            closure that takes ``stage`` is refused with it, unless its attribute ``rotates``
-            is false (as :func:`~fastforward.validation_closure`'s is without ``rotate``).
+            loss than training would have with the same compute, at the fastest pace training
+            has shown; each stage's ratio of the two is ``StageRecord.payoff``
+            (``docs/algorithm.md``). It compares losses across stages, so ``val_closure`` must
+            evaluate the same data every call: ``True`` with a closure that takes ``stage`` is
+            refused, unless its attribute ``rotates`` is false (as
+            :func:`~fastforward.validation_closure`'s is without ``rotate``) (default: ``None``,
+            on unless ``val_closure`` rotates).
         cost_ratio: With ``cost_aware``, a validation pass's cost in training steps (e.g. the
-            ratio of their FLOPs); ``None`` measures it from wall time, the device synchronised
-            where each block of validation passes starts and ends, averaged over the ranks of
+            ratio of their FLOPs): pass it for decisions that do not depend on the machine's
+            timings. ``None`` measures it from wall time, the device synchronised where each
+            block of validation passes starts and ends, averaged over the ranks of
             ``process_group`` (default: ``None``).
         enabled: ``False`` turns stages off: the wrapper is then bitwise the bare optimizer. May be
             changed between steps through the attribute of the same name (default: ``True``).
@@ -181,8 +187,8 @@ class FastForward(Optimizer):
         patience: int | None = 3,
         search: str | SearchStrategy = DEFAULT_SEARCH,
         min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
-        delta_span: str = "step",
-        cost_aware: bool = False,
+        delta_span: str = "interval",
+        cost_aware: bool | None = None,
         cost_ratio: float | None = None,
         enabled: bool = True,
         on_stage: StageCallback | None = None,
@@ -199,12 +205,14 @@ class FastForward(Optimizer):
         _refuse_deferred_parameter_updates(optimizer)
         _refuse_flat_parameter_sharding(model)
         refuse_second_wrapper(optimizer)
+        self._closure_takes_stage = _check_closure_signature(val_closure)
+        rotates = getattr(val_closure, "rotates", self._closure_takes_stage)
+        if cost_aware is None:  # the default: on, unless the validation data may change
+            cost_aware = not rotates
         config = Config(  # the hyperparameters, checked: the fields in the signature's order
             *(interval, warmup, max_tau, max_tau_ratio, adaptive_interval, patience, search),
             *(min_improvement, delta_span, cost_aware, cost_ratio),
         )
-        self._closure_takes_stage = _check_closure_signature(val_closure)
-        rotates = getattr(val_closure, "rotates", self._closure_takes_stage)
         if config.cost_aware and rotates:
             raise ValueError(
                 "fastforward: cost_aware=True compares validation losses from stage to stage, "

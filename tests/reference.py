@@ -10,7 +10,16 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from fastforward import FastForwardStats, StageRecord, StageResult, fast_forward_stage
+from fastforward import FastForward, FastForwardStats, StageRecord, StageResult, fast_forward_stage
+
+# The algorithm this module's reference implements, and the library's default before 0.2:
+# Δ over the last step, no cost-aware rule.
+PAPER_POLICY = {"delta_span": "step", "cost_aware": False}
+
+
+def paper_fast_forward(*args: object, **kwargs: object) -> FastForward:
+    """``FastForward(*args, **kwargs)`` with ``PAPER_POLICY`` unless ``kwargs`` say otherwise."""
+    return FastForward(*args, **{**PAPER_POLICY, **kwargs})  # type: ignore[arg-type]
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

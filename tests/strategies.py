@@ -30,8 +30,8 @@ def _spd(basis: np.ndarray, eigenvalues: np.ndarray) -> np.ndarray:
 
 
 @st.composite
-def quadratics(draw: st.DrawFn, max_dim: int = 8) -> QuadraticSpec:
-    d = draw(st.integers(1, max_dim))
+def quadratics(draw: st.DrawFn, max_dim: int = 8, dim: int | None = None) -> QuadraticSpec:
+    d = draw(st.integers(1, max_dim)) if dim is None else dim
     coords = st.floats(-5.0, 5.0, allow_nan=False, allow_infinity=False)
     basis = draw(hnp.arrays(np.float64, (d, d), elements=st.floats(-1.0, 1.0)))
     basis = basis + np.eye(d) * 3.0  # keeps QR well conditioned

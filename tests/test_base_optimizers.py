@@ -19,12 +19,11 @@ from reference import (
     ReferenceFastForward,
     all_bitwise_equal,
     bitwise_equal,
+    paper_fast_forward,
     parameters_of,
     without_timings,
 )
 from strategies import through_disk
-
-from fastforward import FastForward
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def _assert_same_optimizer_state(a, b):
 @each_optimizer
 @pytest.mark.parametrize("delta_span", ["step", "interval"])
 def test_wrapper_is_bitwise_the_reference(info, delta_span):
-    model, ff = _setup(info, FastForward, delta_span=delta_span)
+    model, ff = _setup(info, paper_fast_forward, delta_span=delta_span)
     reference_model, reference = _setup(info, ReferenceFastForward, delta_span=delta_span)
     for n in range(1, STEPS + 1):
         _train_step(info, model, ff)
@@ -158,7 +157,7 @@ def test_wrapper_is_bitwise_the_reference(info, delta_span):
 def test_disabled_wrapper_is_bitwise_the_bare_optimizer(info):
     evaluations = []
     model = _model()
-    ff = FastForward(
+    ff = paper_fast_forward(
         info.build(model),
         model,
         lambda: evaluations.append(1) or _val_loss(model),
@@ -200,12 +199,12 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(info, options, where):
         "before-a-stage": stage_steps[-1] - 1,
     }[where]
 
-    model, ff = _setup(info, FastForward, **options)
+    model, ff = _setup(info, paper_fast_forward, **options)
     trajectory = _train(info, model, ff, split)
     checkpoint = through_disk({"model": model.state_dict(), "optimizer": ff.state_dict()})
     has_snapshot = "interval_snapshot" in checkpoint["optimizer"]["fastforward"]
     assert has_snapshot == (options.get("delta_span") == "interval" and split not in stage_steps)
-    model, ff = _setup(info, FastForward, **options)
+    model, ff = _setup(info, paper_fast_forward, **options)
     model.load_state_dict(checkpoint["model"])
     ff.load_state_dict(checkpoint["optimizer"])
     trajectory += _train(info, model, ff, STEPS - split)
@@ -260,7 +259,7 @@ def test_failed_validation_leaves_the_best_point_and_training_goes_on(info, fail
     on the first move), the exception propagates, and training continues as the reference's.
     """
     runs = []
-    for kind in (FastForward, ReferenceFastForward):
+    for kind in (paper_fast_forward, ReferenceFastForward):
         model = _model()
         validation = _FailingValidation(model, fail_at, failure)
         run = kind(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 from strategies import Quadratic, fixed_quadratic, quadratics, through_disk, train
 
 from fastforward import FastForward
@@ -25,7 +25,7 @@ def _make(
 ):
     model = Quadratic(spec)
     adam = torch.optim.Adam([model.x], lr=0.02)
-    return model, FastForward(
+    return model, paper_fast_forward(
         adam,
         model,
         model,
@@ -148,7 +148,8 @@ def test_a_bare_state_loaded_just_after_the_wrapper_state_keeps_it_without_a_war
 
 @given(saved_at=st.integers(0, 20), warmup=st.integers(0, 4))
 def test_a_checkpoint_from_before_the_schedule_options_resumes_the_fixed_schedule(saved_at, warmup):
-    """Dicts saved before max_tau_ratio and adaptive_interval existed lack their keys."""
+    """Dicts saved before max_tau_ratio, adaptive_interval and the policies existed lack their
+    keys: the options were off then, whatever today's defaults."""
     options = {"interval": 5, "warmup": warmup, "search": "parabolic"}
     model, ff = _make(fixed_quadratic(), **options)
     train(model, ff, saved_at + 12)
@@ -158,16 +159,19 @@ def test_a_checkpoint_from_before_the_schedule_options_resumes_the_fixed_schedul
     old = first.state_dict()
     for key in ("interval_now", "last_scheduled_step"):
         del old["fastforward"][key]
-    for key in ("max_tau_ratio", "adaptive_interval"):
+    for key in ("max_tau_ratio", "adaptive_interval", "delta_span", "cost_aware", "cost_ratio"):
         del old["fastforward"]["hyperparameters"][key]
-    resumed_model, resumed = _make(
-        fixed_quadratic(), interval=6, adaptive_interval=(3, 12), max_tau_ratio=2.0
-    )
+    resumed_model = Quadratic(fixed_quadratic())
+    resumed = FastForward(  # today's defaults: Δ over the interval, cost_aware
+        torch.optim.Adam([resumed_model.x], lr=0.02), resumed_model, resumed_model, interval=6,
+        max_tau_ratio=2.0,
+    )  # fmt: skip
     resumed_model.load_state_dict(first_model.state_dict())
     resumed.load_state_dict(through_disk(old))
     train(resumed_model, resumed, 12)
 
     assert (resumed.adaptive_interval, resumed.max_tau_ratio) == (None, None)
+    assert (resumed.delta_span, resumed.cost_aware) == ("step", False)
     assert [r.step for r in resumed.stats.history] == [r.step for r in ff.stats.history]
     assert bitwise_equal(resumed_model.x.detach(), model.x.detach())
     resumed.load_state_dict(resumed.state_dict())  # and its own dict loads again

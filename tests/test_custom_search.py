@@ -8,10 +8,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 from strategies import Quadratic, fixed_quadratic, through_disk, train
 
-from fastforward import FastForward, fast_forward_stage
+from fastforward import fast_forward_stage
 from fastforward.functional import (
     SEARCH_STRATEGIES,
     doubling_search,
@@ -177,7 +177,7 @@ def every_fourth(ray, max_tau, start):
 def _wrapper(search):
     model = Quadratic(fixed_quadratic(dim=3, seed=1))
     adam = torch.optim.Adam([model.x], lr=0.02)
-    return model, FastForward(adam, model, model, 3, patience=None, search=search)
+    return model, paper_fast_forward(adam, model, model, 3, patience=None, search=search)
 
 
 def test_the_wrapper_runs_a_custom_strategy_in_its_stages():
@@ -250,7 +250,7 @@ def no_longer_than_last_time(ray, max_tau, start):
 def test_the_wrapper_passes_the_last_tau_as_start():
     model = Quadratic(fixed_quadratic(dim=3, seed=1))
     adam = torch.optim.Adam([model.x], lr=1e-3)  # small steps: τ* far beyond the cap
-    ff = FastForward(adam, model, model, 3, patience=None, search=no_longer_than_last_time)
+    ff = paper_fast_forward(adam, model, model, 3, patience=None, search=no_longer_than_last_time)
     train(model, ff, 15)
     taus = [record.tau for record in ff.stats.history]
     caps = [2 * max(1, previous) for previous in [0, *taus[:-1]]]

@@ -21,6 +21,7 @@ from reference import (
     ReferenceFastForward,
     bitwise_equal,
     integer_minimiser,
+    paper_fast_forward,
     quadratic_along_ray,
     without_timings,
 )
@@ -33,20 +34,19 @@ from fastforward.dcp import WrapperState
 def _make(spec=None, *, lr=0.02, **options):
     model = Quadratic(spec or fixed_quadratic())
     options = {"interval": 4, "delta_span": "interval", "patience": None, **options}
-    return model, FastForward(torch.optim.Adam([model.x], lr=lr), model, model, **options)
+    return model, paper_fast_forward(torch.optim.Adam([model.x], lr=lr), model, model, **options)
 
 
 @given(
-    spec=quadratics(max_dim=4),
-    val=quadratics(max_dim=4),
+    pair=st.integers(1, 4).flatmap(lambda d: st.tuples(quadratics(dim=d), quadratics(dim=d))),
     interval=st.integers(1, 6),
     lr=st.floats(1e-3, 0.1),
 )
 def test_the_first_stage_lands_on_the_closed_form_minimiser_along_the_intervals_update(
-    spec, val, interval, lr
+    pair, interval, lr
 ):
     """SGD on one quadratic, validation on another: ``τ*`` along ``Δ = W_n - W_0`` is exact."""
-    assume(spec.dim == val.dim)
+    spec, val = pair
     model = Quadratic(spec)
 
     def val_loss():
@@ -54,7 +54,7 @@ def test_the_first_stage_lands_on_the_closed_form_minimiser_along_the_intervals_
         return 0.5 * e @ val.a @ e
 
     sgd = torch.optim.SGD([model.x], lr=lr)
-    ff = FastForward(sgd, model, val_loss, interval, delta_span="interval", search="linear",
+    ff = paper_fast_forward(sgd, model, val_loss, interval, delta_span="interval", search="linear",
                      min_improvement=0.0, max_tau=200)  # fmt: skip
     bare_model = copy.deepcopy(model)
     train(bare_model, torch.optim.SGD([bare_model.x], lr=lr), interval)
@@ -113,7 +113,7 @@ def test_a_stage_whose_trainable_parameters_changed_during_the_interval_is_skipp
     def loss():
         return torch.nn.functional.mse_loss(model(x), y)
 
-    ff = FastForward(torch.optim.Adam(model.parameters(), lr=0.01), model, loss, 3,
+    ff = paper_fast_forward(torch.optim.Adam(model.parameters(), lr=0.01), model, loss, 3,
                      delta_span="interval")  # fmt: skip
     caplog.set_level(logging.INFO, logger="fastforward")
     for n in range(1, 7):
@@ -167,7 +167,7 @@ def test_resume_after_the_trainable_tensors_changed_inside_an_interval_is_bitwis
         params = [model.weight, model.bias]
         if change is _swap_trainable:
             params.append(model.extra)  # in the optimizer, frozen until the change
-        ff = FastForward(torch.optim.Adam(params, lr=0.01), model, model, 3,
+        ff = paper_fast_forward(torch.optim.Adam(params, lr=0.01), model, model, 3,
                          delta_span="interval", patience=None, min_improvement=0.0)  # fmt: skip
         return model, ff
 
@@ -306,10 +306,12 @@ def test_delta_span_is_checked_and_stored_plain():
     model = Quadratic(fixed_quadratic())
     adam = torch.optim.Adam([model.x])
     with pytest.raises(ValueError, match=r"delta_span must be one of \('step', 'interval'\)"):
-        FastForward(adam, model, model, delta_span="last")
-    with pytest.raises(ValueError, match="delta_span='interval' cannot be combined with adaptive"):
-        FastForward(adam, model, model, delta_span="interval", adaptive_interval=(2, 12))
-    ff = FastForward(adam, model, model, delta_span=_Span.INTERVAL)
+        paper_fast_forward(adam, model, model, delta_span="last")
+    with pytest.raises(ValueError, match=r"delta_span='interval' \(the default\) cannot be"):
+        paper_fast_forward(adam, model, model, delta_span="interval", adaptive_interval=(2, 12))
+    with pytest.raises(ValueError, match="pass delta_span='step' with adaptive_interval"):
+        FastForward(adam, model, model, adaptive_interval=(2, 12))
+    ff = paper_fast_forward(adam, model, model, delta_span=_Span.INTERVAL)
     assert type(ff.delta_span) is str
     assert ff.config.delta_steps == 6
     assert "delta_span='interval'" in repr(ff)
@@ -329,7 +331,7 @@ def test_a_max_tau_ratio_below_one_interval_is_refused(ratio):
     model, _ = _make()
     adam = torch.optim.SGD(model.parameters(), lr=1e-3)
     with pytest.raises(ValueError, match=r"max_tau_ratio must be at least 1 with delta_span="):
-        FastForward(adam, model, model, 4, delta_span="interval", max_tau_ratio=ratio)
+        paper_fast_forward(adam, model, model, 4, delta_span="interval", max_tau_ratio=ratio)
 
 
 def test_records_saved_before_delta_steps_existed_load_as_one_step():
@@ -345,3 +347,21 @@ def test_records_saved_before_delta_steps_existed_load_as_one_step():
     assert fresh.stats.history == ff.stats.history
     assert fresh.stats.history[0].delta_steps == 1
     assert StageRecord(4, 3, 1.0, 0.5, 5, 0.0).delta_steps == 1
+
+
+@given(spec=quadratics(max_dim=4), cost_ratio=st.floats(0.01, 2.0))
+def test_the_default_wrapper_is_bitwise_the_explicit_pair(spec, cost_ratio):
+    """Since 0.2 the defaults are Δ over the interval and cost_aware (the pair measured here)."""
+    runs = []
+    for options in ({}, {"delta_span": "interval", "cost_aware": True}):
+        model = Quadratic(spec)
+        adam = torch.optim.Adam([model.x], lr=0.02)
+        ff = FastForward(adam, model, model, 4, cost_ratio=cost_ratio, **options)
+        train(model, ff, 24)
+        runs.append((model.x.detach().clone(), ff.stats))
+    (default_x, default_stats), (pair_x, pair_stats) = runs
+    assert bitwise_equal(default_x, pair_x)
+    assert without_timings(default_stats) == without_timings(pair_stats)
+    for record in default_stats.history:
+        assert record.delta_steps == 4
+        assert record.payoff is not None

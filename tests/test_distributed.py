@@ -6,9 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from gloo import run_on_ranks
-from reference import bitwise_equal
-
-from fastforward import FastForward
+from reference import bitwise_equal, paper_fast_forward
 
 WORLD = 2
 STEPS = 12
@@ -28,7 +26,7 @@ def _ddp_worker(rank: int) -> dict:
         local_losses.append(float(loss))
         return loss
 
-    ff = FastForward(
+    ff = paper_fast_forward(
         torch.optim.Adam(ddp.parameters(), lr=1e-2), ddp, val_closure, 3, patience=None
     )
     for _ in range(STEPS):
@@ -76,7 +74,7 @@ def _cost_aware_worker(rank: int) -> dict:
         return torch.nn.functional.mse_loss(ddp(x_val), y_val)
 
     adam = torch.optim.Adam(ddp.parameters(), lr=1e-2)
-    ff = FastForward(adam, ddp, val_closure, 3, patience=None, cost_aware=True)
+    ff = paper_fast_forward(adam, ddp, val_closure, 3, patience=None, cost_aware=True)
     for _ in range(STEPS):
         time.sleep(0.005)  # an iteration's data loading
         torch.nn.functional.mse_loss(ddp(x_train), y_train).backward()

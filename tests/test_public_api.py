@@ -55,7 +55,31 @@ def test_the_wrapper_and_the_functional_stage_share_the_default_search():
 def test_the_wrapper_signature_and_its_config_hold_the_same_hyperparameters_and_defaults():
     wrapper = inspect.signature(fastforward.FastForward).parameters
     fields = {f.name: f.default for f in dataclasses.fields(Config)}
-    assert {name: wrapper[name].default for name in fields} == fields
+    defaults = {name: wrapper[name].default for name in fields}
+    # The one default resolved at construction: on, unless val_closure rotates its data.
+    assert (defaults.pop("cost_aware"), fields.pop("cost_aware")) == (None, True)
+    assert defaults == fields
+
+
+def test_the_default_policy_is_delta_over_the_interval_and_cost_aware_unless_data_rotates():
+    model = torch.nn.Linear(3, 1)
+    pool = [(torch.randn(4, 3), torch.randn(4, 1)) for _ in range(4)]
+
+    def mse(model, batch):
+        return torch.nn.functional.mse_loss(model(batch[0]), batch[1])
+
+    def wrap(closure, **options):
+        adam = torch.optim.Adam(model.parameters())
+        return fastforward.FastForward(adam, model, closure, **options)
+
+    fixed = wrap(fastforward.validation_closure(model, pool, mse))
+    assert (fixed.delta_span, fixed.cost_aware, fixed.cost_ratio) == ("interval", True, None)
+    rotating = fastforward.validation_closure(model, pool, mse, rotate=2)
+    assert wrap(rotating).cost_aware is False
+    assert wrap(lambda stage: 0.0).cost_aware is False  # takes `stage`: may rotate
+    assert wrap(rotating, cost_aware=False).cost_aware is False
+    paper = wrap(fixed.val_closure, delta_span="step", cost_aware=False)
+    assert (paper.delta_span, paper.cost_aware) == ("step", False)
 
 
 def test_hyperparameters_are_read_only_attributes_of_the_config():

@@ -15,10 +15,16 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from reference import ReferenceFastForward, all_bitwise_equal, parameters_of, without_timings
+from reference import (
+    ReferenceFastForward,
+    all_bitwise_equal,
+    paper_fast_forward,
+    parameters_of,
+    without_timings,
+)
 from strategies import Quadratic, fixed_quadratic, quadratics
 
-from fastforward import SEARCH_STRATEGIES, FastForward
+from fastforward import SEARCH_STRATEGIES
 from fastforward.functional import (
     doubling_search,
     linear_search,
@@ -83,7 +89,7 @@ def _run(
 
 def _run_both(spec, steps, *, per_run=({}, {}), **options):
     """The wrapper and the reference, trained alike; ``per_run`` adds options to each."""
-    kinds = (FastForward, ReferenceFastForward)
+    kinds = (paper_fast_forward, ReferenceFastForward)
     return [
         _run(kind, spec, steps, **{**options, **extra})
         for kind, extra in zip(kinds, per_run, strict=True)
@@ -204,7 +210,7 @@ def test_disabled_wrapper_is_bitwise_the_bare_optimizer(spec, steps, lr):
     model = Quadratic(spec)
     bare_model = copy.deepcopy(model)
     evaluations = []
-    ff = FastForward(
+    ff = paper_fast_forward(
         torch.optim.Adam([model.x], lr=lr),
         model,
         lambda: evaluations.append(1) or model(),
@@ -223,7 +229,9 @@ def test_disabled_wrapper_is_bitwise_the_bare_optimizer(spec, steps, lr):
 def test_warmup_longer_than_training_is_bitwise_the_bare_optimizer(spec, steps, lr):
     model = Quadratic(spec)
     bare_model = copy.deepcopy(model)
-    ff = FastForward(torch.optim.Adam([model.x], lr=lr), model, model, interval=1, warmup=steps)
+    ff = paper_fast_forward(
+        torch.optim.Adam([model.x], lr=lr), model, model, interval=1, warmup=steps
+    )
     trajectory = _train(model, ff, steps)
     bare = _train(bare_model, torch.optim.Adam([bare_model.x], lr=lr), steps)
     assert all(all_bitwise_equal(a, b) for a, b in zip(trajectory, bare, strict=True))
@@ -239,7 +247,7 @@ def test_step_forwards_the_training_closure_once_and_returns_its_loss():
         loss.backward()
         return loss
 
-    ff = FastForward(torch.optim.SGD([model.x], lr=0.01), model, model, interval=1)
+    ff = paper_fast_forward(torch.optim.SGD([model.x], lr=0.01), model, model, interval=1)
     returned = ff.step(closure)
     assert len(calls) == 1
     assert torch.is_tensor(returned)
@@ -565,7 +573,7 @@ def test_a_stage_gaining_less_than_min_improvement_stays_at_w_n(min_improvement,
     losses = iter([1.0, 0.9995, 0.9999])
     options = {} if min_improvement is None else {"min_improvement": min_improvement}
     adam = torch.optim.Adam([model.x], lr=0.01)
-    ff = FastForward(adam, model, lambda: next(losses), 1, search="linear", **options)
+    ff = paper_fast_forward(adam, model, lambda: next(losses), 1, search="linear", **options)
     model().backward()
     ff.step()
     after_step = ff.stats.history[0]

@@ -9,10 +9,8 @@ import pytest
 import torch
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
-from reference import bitwise_equal, integer_minimiser, quadratic_along_ray
+from reference import bitwise_equal, integer_minimiser, paper_fast_forward, quadratic_along_ray
 from strategies import Quadratic, QuadraticSpec, quadratics
-
-from fastforward import FastForward
 
 # A tie φ(τ) = φ(τ-1) is decided by rounding, not by the closed form; keep examples whose
 # threshold ½ - b/c is at least this far (in units of τ) from an integer.
@@ -27,7 +25,7 @@ def _sgd_step_then_stage(spec: QuadraticSpec, eta: float, max_tau: int, search: 
     lr = eta / float(np.linalg.eigvalsh(spec.a).max())
     reference = copy.deepcopy(model)
     sgd = torch.optim.SGD([model.x, model.frozen], lr=lr)
-    ff = FastForward(
+    ff = paper_fast_forward(
         sgd,
         model,
         val_closure=model,
@@ -102,7 +100,7 @@ def test_stage_leaves_optimizer_state_and_grads_untouched(spec, steps, lr):
         after_base_step["grad"] = model.x.grad.clone()
 
     adam.register_step_post_hook(remember_state)
-    ff = FastForward(
+    ff = paper_fast_forward(
         adam, model, val_closure=model, interval=steps, patience=None, min_improvement=0.0
     )
     for _ in range(steps):

