@@ -178,7 +178,7 @@ def _no_worse_row(setting: Setting, seed: int, curves: dict[Any, Any]) -> list[s
             continue
         rates.append(f"{lr:g}")
         gap = versus_adam(pair, adam, 1.0) - versus_adam(default, adam, 1.0)
-        if gap > 0:
+        if round(gap, 4) > 0:  # worse by at least 0.01% of Adam's loss
             worse.append(f"{lr:g} ({gap:+.2%} of Adam's loss)")
     if not rates:
         return None
