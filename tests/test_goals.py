@@ -1,0 +1,40 @@
+"""The goals table of issue 22, read from run JSONs: each cell from the curves it names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from benchmarks import bench_llm, goals
+
+
+def _save(folder, run, curve):
+    (folder / f"{run.slug}.json").write_text(json.dumps({"run": {"lr": run.lr}, "curve": curve}))
+
+
+def test_each_goal_reads_the_runs_it_names(tmp_path, monkeypatch):
+    setting = goals.Setting("SmolLM2 30 steps", 2e-3, {0: tmp_path})
+    monkeypatch.setattr(goals, "SETTINGS", (setting,))
+    pair = dict(cost_aware=True, delta_span="interval")
+    adam = [(0, 5.0, "start"), (100, 4.0, "step"), (400, 3.0, "step")]
+    _save(tmp_path, bench_llm.Run(2e-3), adam)
+    _save(
+        tmp_path, bench_llm.Run(2e-3, 0, "parabolic"), [(0, 5.0, ""), (90, 3.9, ""), (400, 3.1, "")]
+    )
+    paired = [(0, 5.0, ""), (120, 4.1, ""), (390, 3.006, "")]
+    _save(tmp_path, bench_llm.Run(2e-3, 0, "parabolic", **pair), paired)
+    _save(tmp_path, bench_llm.Run(4e-5), [(0, 5.0, ""), (200, 4.8, ""), (400, 4.6, "")])
+    _save(tmp_path, bench_llm.Run(4e-5, 0, "parabolic"), [(0, 5.0, ""), (300, 4.6, "")])
+    _save(tmp_path, bench_llm.Run(4e-5, 0, "parabolic", **pair), [(0, 5.0, ""), (180, 4.5, "")])
+
+    rows = goals.goals_table().splitlines()[2:]
+    assert rows == [
+        "| tuned 0.002: @100% ≤ +0.3% | SmolLM2 30 steps | 0 | +3.33% | +0.20% | yes |",
+        "| tuned 0.002: ahead @25% | SmolLM2 30 steps | 0 | -2.50% | +25.00% | no |",
+        "| paper 4e-5: FLOPs saved ≥ 52% | SmolLM2 30 steps | 0 | 25% | 55% | yes |",
+        "| no rate worse than the default @100% | SmolLM2 30 steps | 0 | rates 4e-05, 0.002 |  "
+        "| yes |",
+    ]
