@@ -37,9 +37,9 @@ Presets (times on the 2-core machine):
   after every stage, with the loss on 64 training examples beside the test loss at every
   check; its own plan
   (``run_converged_study``): Adam's tuned rate bracketed on a grid of factors of 2 from 1e-3,
-  then today's default and the opt-in pair (``delta_span="interval"``, ``cost_aware``) at the
-  tuned rate, the paper's and a recipe rate (2e-4), two seeds on the first two: about 20 min a
-  run, 6 hours in all. Writes ``benchmarks/results/llm_converged/``.
+  then 0.1's default and the pair that 0.2 made the default (``delta_span="interval"``,
+  ``cost_aware``) at the tuned rate, the paper's and a recipe rate (2e-4), two seeds on the
+  first two: about 20 min a run, 6 hours in all. Writes ``benchmarks/results/llm_converged/``.
 - ``smoke``: 16 train / 4 test / 4 validation examples of 16 tokens, batch 4, 8 steps (one
   stage), one learning rate, no seed 1, no DoRA, the converged preset's train loss and
   diagnosis: under a minute, most of it loading the model.
@@ -403,8 +403,9 @@ def run_converged_study(study: Study) -> None:
     """The converged preset's plan (issue "keep the lead"), cheapest evidence first.
 
     1. seed 0: Adam bracketing its tuned rate;
-    2. seed 0: today's default and the opt-in pair (``delta_span="interval"``, ``cost_aware``)
-       at the tuned rate, then Adam and both at the paper's rate and a recipe rate (2e-4);
+    2. seed 0: 0.1's default and the pair that 0.2 made the default (``delta_span="interval"``,
+       ``cost_aware``) at the tuned rate, then Adam and both at the paper's rate and a recipe
+       rate (2e-4);
     3. seed 1: Adam, the default and the pair at the tuned and the paper's rates.
     """
     first, *others = study.preset["seeds"]
