@@ -39,7 +39,8 @@ Presets (times on the 2-core machine):
   (``run_converged_study``): Adam's tuned rate bracketed on a grid of factors of 2 from 1e-3,
   then 0.1's default and the pair that 0.2 made the default (``delta_span="interval"``,
   ``cost_aware``) at the tuned rate, the paper's and a recipe rate (2e-4), two seeds on the
-  first two: about 20 min a run, 6 hours in all. Writes ``benchmarks/results/llm_converged/``.
+  first two: 28 min a run on the idle 2-core machine, 50-90 beside other work. Writes
+  ``benchmarks/results/llm_converged/``.
 - ``smoke``: 16 train / 4 test / 4 validation examples of 16 tokens, batch 4, 8 steps (one
   stage), one learning rate, no seed 1, no DoRA, the converged preset's train loss and
   diagnosis: under a minute, most of it loading the model.
