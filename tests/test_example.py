@@ -44,15 +44,18 @@ TRAINER_EXAMPLE = ROOT / "docs" / "trainer_example.py"
 
 
 def test_the_trainer_example_runs_stages_and_shows_them(capsys, caplog):
-    """After warmup, in the log (INFO lines) and in every Trainer log entry (ff/* counters)."""
+    """From the first interval, the schedule's warmup included, in the log (INFO lines) and in
+    every Trainer log entry (ff/* counters)."""
     pytest.importorskip("transformers")
     namespace = runpy.run_path(str(TRAINER_EXAMPLE), run_name="trainer_example")
     with caplog.at_level("INFO", logger="fastforward"):
         ff = namespace["main"](["--steps", "12", "--batch", "8"])
     assert ff.stats.optimizer_steps == 12
-    assert ff.warmup == 1
-    assert [r.step for r in ff.stats.history] == [7]
-    assert any("stage after step 7: tau=" in r.getMessage() for r in caplog.records)
+    assert ff.warmup == 0
+    steps = [r.step for r in ff.stats.history]
+    # The second stage runs only if the first paid (cost_aware, on wall time): 1 or 2 stages.
+    assert steps in ([6], [6, 12])
+    assert any("stage after step 6: tau=" in r.getMessage() for r in caplog.records)
     out = capsys.readouterr().out
-    assert "'ff/stages': 1" in out
+    assert f"'ff/stages': {len(steps)}" in out
     assert str(ff.stats) in out
