@@ -3,13 +3,17 @@
 ``bench_reproduce.py`` stops a run as soon as it reaches Adam's loss (the paper's question: how
 much compute to get there?). Here every run trains the full budget, so we can also ask whether
 Fast Forward ever *ends* worse than Adam, and how it behaves away from the paper's learning rate.
-Two studies share the same model, data and measurements:
+The studies share the same model, data and measurements:
 
 - ``search`` (docs/results.md, "Same budget: search strategies and guards"): the search
   strategies and the guards against overfitting the 32-example validation set, at the paper's
   and the tuned lr.
 - ``lr`` (docs/results.md, "Learning-rate sweep"): plain Adam and Fast Forward with the
   library's defaults at every learning rate of a 10000x sweep.
+- ``policy``, ``lasting``, ``warmup`` (docs/results.md): the stage policies, whether their
+  leads last, and stages during a learning-rate warmup.
+- ``peers`` (docs/results.md, "Peers"): LoRA+ (peft's ``create_loraplus_optimizer``) and
+  rsLoRA, each at its own tuned rate, a tenth of it and the paper's, alone and wrapped.
 
 The tuned lr is the one whose Adam run ends with the lowest test loss. Test loss is measured
 every ``TEST_EVERY`` steps (right after the stages, which run every 6) on ``N_TEST`` held-out
@@ -67,6 +71,8 @@ class Run:
     label: str = ""
     pace: str = ""  # cost_aware's training pace (fastforward._payoff.PACE); "": the library's
     schedule: str = ""  # "linear" or "cosine", each after WARMUP_STEPS of linear warmup; "": none
+    adapter: str = "lora"  # or "rslora": LoRA scaled by alpha/sqrt(r)
+    loraplus_ratio: float = 0.0  # LoRA+ (peft's create_loraplus_optimizer): B at this x lr
 
     @property
     def is_ff(self) -> bool:
@@ -74,13 +80,19 @@ class Run:
 
     @property
     def slug(self) -> str:
-        schedule = [f"schedule={self.schedule}"] if self.schedule else []
+        baseline = [f"schedule={self.schedule}"] if self.schedule else []
+        baseline += [self.adapter] if self.adapter != "lora" else []
+        baseline += [f"loraplus{self.loraplus_ratio:g}"] if self.loraplus_ratio else []
         if not self.is_ff:
-            return f"adam-lr{self.lr:g}" + "".join(f"-{p}" for p in schedule)
+            return f"adam-lr{self.lr:g}" + "".join(f"-{p}" for p in baseline)
         parts = [f"{k}={_plain(v)}" for k, v in self.options or ()]
         parts += ["rotate"] if self.rotate else []
         parts += [f"pace={self.pace}"] if self.pace else []
-        return f"ff-lr{self.lr:g}" + "".join(f"-{p}" for p in parts + schedule)
+        return f"ff-lr{self.lr:g}" + "".join(f"-{p}" for p in parts + baseline)
+
+    @property
+    def is_peer(self) -> bool:
+        return self.adapter != "lora" or bool(self.loraplus_ratio)
 
 
 def _plain(value: Any) -> str:
@@ -94,14 +106,22 @@ BASELINE = {"delta_span": "step", "cost_aware": False}
 
 
 def ff(
-    lr: float, label: str, rotate: bool = False, pace: str = "", schedule: str = "", **options: Any
+    lr: float,
+    label: str,
+    rotate: bool = False,
+    pace: str = "",
+    schedule: str = "",
+    adapter: str = "lora",
+    loraplus_ratio: float = 0.0,
+    **options: Any,
 ) -> Run:
     """A Fast Forward run; options equal to the baseline's are dropped (same slug): the library's
     defaults, with ``BASELINE`` for the policy."""
     defaults = {k: p.default for k, p in inspect.signature(FastForward).parameters.items()}
     baseline = {**defaults, **BASELINE}
     options = {k: v for k, v in options.items() if v != baseline[k]}
-    return Run(lr, tuple(sorted(options.items())), rotate, label, pace, schedule)
+    options_ = tuple(sorted(options.items()))
+    return Run(lr, options_, rotate, label, pace, schedule, adapter, loraplus_ratio)
 
 
 @dataclass
@@ -146,15 +166,14 @@ def train(
     """
     from benchmarks import lm
 
-    model = harness.finetune_model(base, seed=seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    model = harness.finetune_model(base, adapter=run.adapter, seed=seed)
     batches = harness.epoch_batches(splits.train, batch_size, epochs, seed)
     outcome = Outcome(run, provenance=harness.provenance(harness.TINY_MODEL))
     costs = harness.unit_costs(
         harness.finetune_model(base), lm.lm_loss, batches[0], splits.val, run.lr
     )
     outcome.train_step_flops, outcome.val_pass_flops = costs.train_step, costs.val_pass
-    adam = torch.optim.Adam(params, lr=run.lr)
+    adam = base_optimizer(run, model)
     optimizer: torch.optim.Optimizer = adam
     if run.options is not None:
         groups = pool.split(len(splits.val)) if run.rotate else [splits.val]
@@ -171,6 +190,20 @@ def train(
     finally:
         _payoff.PACE = pace
     return outcome
+
+
+def base_optimizer(run: Run, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam over the trainable parameters, or LoRA+ built by peft from Adam."""
+    if not run.loraplus_ratio:
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr)
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model,  # type: ignore[arg-type]
+        torch.optim.Adam,
+        lr=run.lr,
+        loraplus_lr_ratio=run.loraplus_ratio,
+    )
 
 
 def _train_loop(
@@ -315,6 +348,40 @@ def warmup_study(tuned_lr: float) -> list[Run]:
     return runs
 
 
+PAIR = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")  # 0.2's default
+LORAPLUS_RATIOS = (16.0, 4.0)  # peft's docs' and the LoRA+ paper's 16, and a milder one
+
+
+def bracketed(get: Any, start: float, **baseline: Any) -> float:
+    """The rate of ``LR_SWEEP`` with the lowest final loss of the runs ``Run(lr, **baseline)``,
+    walked from ``start`` until both neighbours on the grid are worse (or the grid ends)."""
+
+    def final(index: int) -> float:
+        return get(Run(LR_SWEEP[index], label="alone", **baseline)).final_loss
+
+    best = LR_SWEEP.index(start)
+    while True:
+        neighbours = [i for i in (best - 1, best + 1) if 0 <= i < len(LR_SWEEP)]
+        challenger = min(neighbours, key=final)
+        if final(challenger) >= final(best):
+            return LR_SWEEP[best]
+        best = challenger
+
+
+def peer_study(get: Any, tuned_lr: float) -> list[Run]:
+    """What users pick instead (issue 24): LoRA+ at two ratios and rsLoRA, each at its own
+    bracketed rate alone and wrapped by 0.2's default, and at a tenth of it (two grid steps
+    down) and the paper's rate; tuned Adam alone and wrapped for reference."""
+    runs = [Run(tuned_lr, label="Adam"), ff(tuned_lr, "FF", **PAIR)]
+    baselines = [{"loraplus_ratio": r} for r in LORAPLUS_RATIOS] + [{"adapter": "rslora"}]
+    for baseline in baselines:
+        tuned = bracketed(get, tuned_lr, **baseline)
+        tenth = LR_SWEEP[max(LR_SWEEP.index(tuned) - 2, 0)]
+        for lr in dict.fromkeys((tuned, tenth, PAPER_LR)):
+            runs += [Run(lr, label="alone", **baseline), ff(lr, "FF", **baseline, **PAIR)]
+    return runs
+
+
 def lr_study() -> list[Run]:
     """Plain Adam and Fast Forward with the library's defaults at every lr of the sweep."""
     return [run for lr in LR_SWEEP for run in (Run(lr, label="Adam"), ff(lr, "FF defaults"))]
@@ -324,12 +391,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = harness.argument_parser(__doc__)
     parser.add_argument(
         "--study",
-        choices=("all", "lr", "search", "policy", "lasting", "warmup"),
+        choices=("all", "lr", "search", "policy", "lasting", "warmup", "peers"),
         default="all",
         help="lr: the learning-rate sweep; search: strategies and guards; policy: the "
         "cost-aware rule and Δ over the interval; lasting: the training pace the cost-aware "
-        "rule judges against; warmup: stages during a warmup schedule (default: all, ~95 min on 2 "
-        "cores)",
+        "rule judges against; warmup: stages during a warmup schedule; peers: LoRA+ and rsLoRA, "
+        "alone and wrapped (default: all; ~2 min a run on 2 cores)",
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
@@ -391,6 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.study in ("all", "warmup"):
         results = [get(run) for run in warmup_study(tuned.run.lr)]
         budget_report.write_warmup_study(results, out)
+    if args.study in ("all", "peers"):
+        results = [get(run) for run in peer_study(get, tuned.run.lr)]
+        budget_report.write_peer_study(results, out)
 
 
 def _compare_with_seed_0(seed: int, results: list[Outcome], tuned: Outcome, out: Path) -> None:

@@ -71,6 +71,7 @@ from benchmarks import harness
 from benchmarks.harness import PAPER_LR
 
 INTERVAL = 6
+WARMUP_STEPS = 8  # of a run with a schedule: past the first stage (step 6), as in bench_budget
 RECIPE_LR = 2e-4  # a common LoRA recipe's learning rate (e.g. peft's and trl's examples)
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(n_train=480, n_test=64, n_val=32, context=48, batch=32, epochs=2,
@@ -95,25 +96,36 @@ class Run:
     lr: float
     seed: int = 0
     search: str | None = None
-    adapter: str = "lora"  # "lora" or "dora"
+    adapter: str = "lora"  # "lora", "dora" or "rslora" (LoRA scaled by alpha/sqrt(r))
     cost_aware: bool = False  # with cost_ratio = a validation pass's FLOPs over a step's
     delta_span: str = "step"  # FastForward's: "interval" for Δ over the whole interval
+    loraplus_ratio: float = 0.0  # LoRA+ (peft's create_loraplus_optimizer): B at this x lr
+    schedule: str = ""  # "linear": transformers' linear decay after WARMUP_STEPS of warmup
+    warmup: int = 0  # FastForward's: optimizer steps before its first stage counts
 
     @property
     def is_ff(self) -> bool:
         return self.search is not None
 
     @property
+    def baseline(self) -> str:
+        """What Fast Forward wraps (the optimizer, adapter and schedule), as words."""
+        plus = f" LoRA+{self.loraplus_ratio:g}" if self.loraplus_ratio else ""
+        schedule = f" {self.schedule}-warmup{WARMUP_STEPS}" if self.schedule else ""
+        return f"{self.adapter}{plus}{schedule}"
+
+    @property
     def group(self) -> str:
-        """Runs of a group share the Adam run that sets their budget and targets."""
-        return f"{self.adapter} lr={self.lr:g} seed={self.seed}"
+        """Runs of a group share the run without Fast Forward that sets their budget and targets."""
+        return f"{self.baseline} lr={self.lr:g} seed={self.seed}"
 
     @property
     def name(self) -> str:
         method = "Adam" if self.search is None else f"FF {self.search}"
         method += " cost-aware" if self.cost_aware else ""
         method += " interval-delta" if self.delta_span == "interval" else ""
-        return f"{method} {self.adapter} lr={self.lr:g} seed={self.seed}"
+        method += f" warmup={self.warmup}" if self.warmup else ""
+        return f"{method} {self.baseline} lr={self.lr:g} seed={self.seed}"
 
     @property
     def slug(self) -> str:
@@ -168,7 +180,33 @@ def build(run: Run, base: Any) -> Any:
     from benchmarks import smollm
 
     model = copy.deepcopy(base).train()
-    return smollm.add_lora(model, seed=run.seed, use_dora=run.adapter == "dora")
+    return smollm.add_lora(
+        model, seed=run.seed, use_dora=run.adapter == "dora", use_rslora=run.adapter == "rslora"
+    )
+
+
+def base_optimizer(run: Run, model: Any) -> Any:
+    """Adam over the trainable parameters, or LoRA+ built by peft from Adam."""
+    import torch
+
+    if not run.loraplus_ratio:
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr)
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model, torch.optim.Adam, lr=run.lr, loraplus_lr_ratio=run.loraplus_ratio
+    )
+
+
+def scheduler_of(run: Run, optimizer: Any, steps: int) -> Any:
+    """transformers' linear schedule after ``WARMUP_STEPS`` of warmup, or None."""
+    if not run.schedule:
+        return None
+    import transformers
+
+    if run.schedule != "linear":
+        raise ValueError(f"schedule must be '' or 'linear', got {run.schedule!r}")
+    return transformers.get_linear_schedule_with_warmup(optimizer, WARMUP_STEPS, steps)
 
 
 def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> Result:
@@ -189,7 +227,7 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
     result.train_step_flops, result.val_pass_flops = costs.train_step, costs.val_pass
     result.forward_flops = costs.forward
     result.budget_flops = costs.flops(len(batches))
-    adam = torch.optim.Adam(params, lr=run.lr)
+    adam = base_optimizer(run, model)
     evaluations = 0
 
     def flops_so_far(extra: int = 0) -> int:
@@ -225,7 +263,9 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
             cost_aware=run.cost_aware,
             cost_ratio=cost_ratio,
             delta_span=run.delta_span,
+            warmup=run.warmup,
         )
+    scheduler = scheduler_of(run, optimizer, len(batches))
 
     def test(kind: str) -> None:
         result.curve.append((flops_so_far(), smollm.evaluate(model, data["test"]), kind))
@@ -244,6 +284,8 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
             smollm.lm_loss(model, batch_).backward()
             result.steps += 1  # spent before the step's stage, whose passes must fit after it
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         except BudgetSpent:
             result.cut_by_budget = True
         finally:
@@ -286,7 +328,9 @@ def config_of(run: Run, preset: dict[str, Any]) -> dict[str, Any]:
     sizes = ("n_train", "n_test", "n_val", "context", "batch", "epochs", "train_probe")
     data = {k: preset[k] for k in sizes if k in preset}
     run_fields = asdict(run)
-    for name, default in (("cost_aware", False), ("delta_span", "step")):
+    defaults = {"cost_aware": False, "delta_span": "step", "loraplus_ratio": 0.0, "schedule": "",
+                "warmup": 0}  # fmt: skip
+    for name, default in defaults.items():
         if run_fields[name] == default:  # runs saved before the option existed match
             del run_fields[name]
     return {
@@ -345,13 +389,27 @@ class Study:
             sizes = ("n_train", "n_test", "n_val", "context")
             self._base, self._data = _model_and_data(*(self.preset[k] for k in sizes))
 
+    def saved_runs(self) -> list[Run]:
+        """Every run of this preset with a JSON in the folder, whichever study trained it."""
+        runs = []
+        for path in sorted((self.out / "runs").glob("*.json")):
+            saved = json.loads(path.read_text())
+            run = Run(**saved["run"])
+            if _same_run(saved["config"], config_of(run, self.preset)):
+                runs.append(run)
+        return runs
+
     def write_tables(self) -> None:
+        """``table.md`` and the plot of every saved run; ``peers.md`` if there are peers."""
         from benchmarks import llm_report
 
-        results = list(self.results.values())
+        results = [self.get(run) for run in self.saved_runs()]
         text = llm_report.tables(results)
         (self.out / "table.md").write_text(text)
         llm_report.plot(results, self.out / "loss_vs_flops.png")
+        peers = llm_report.peer_table(results)
+        if peers:
+            (self.out / "peers.md").write_text(peers)
 
 
 @functools.cache
@@ -380,15 +438,16 @@ def tuned_lr(study: Study, seed: int = 0) -> float:
     return best
 
 
-def bracketed_lr(study: Study, start: float, seed: int = 0) -> float:
+def bracketed_lr(study: Study, start: float, seed: int = 0, **baseline: Any) -> float:
     """Adam's best learning rate on the grid ``start * 2**k``, with a worse rate on each side.
 
     Trains Adam at ``start``, half and double it, then walks by factors of 2 towards the lower
-    final test loss until the best rate has a worse neighbour on both sides.
+    final test loss until the best rate has a worse neighbour on both sides. ``baseline``:
+    ``Run`` fields of another baseline to tune instead (``loraplus_ratio``, ``adapter``).
     """
 
     def final(lr: float) -> float:
-        return study.get(Run(float(f"{lr:.3g}"), seed)).final_loss
+        return study.get(Run(float(f"{lr:.3g}"), seed, **baseline)).final_loss
 
     best = start
     while True:
@@ -423,9 +482,69 @@ def run_converged_study(study: Study) -> None:
                 study.get(Run(lr, seed, **policy))
 
 
-def run_study(preset_name: str, out: Path) -> Study:
-    """Run (or load) the plan of the module docstring, in order; return the study."""
+# The library's default since 0.2, spelled out: the runs stay the same if it changes again.
+DEFAULT_0_2 = {"search": "parabolic", "cost_aware": True, "delta_span": "interval"}
+
+
+def adam_tuned_lr(study: Study, seed: int = 0) -> float:
+    """Adam's tuned rate for the preset: bracketed (converged) or the sweep's best (the others)."""
+    if "bracket_from" in study.preset:
+        return bracketed_lr(study, study.preset["bracket_from"], seed)
+    return tuned_lr(study, seed)
+
+
+def run_warmup_study(study: Study) -> None:
+    """Stages during a learning-rate warmup (issue 25), seed 0: under a linear schedule with
+    ``WARMUP_STEPS`` of warmup (the first stage, after step 6, falls inside it), Adam, 0.2's
+    default and 0.2's default waiting for the warmup (``warmup=WARMUP_STEPS``), at Adam's tuned
+    rate and the paper's."""
+    for lr in (adam_tuned_lr(study), PAPER_LR):
+        study.get(Run(lr, schedule="linear"))
+        study.get(Run(lr, schedule="linear", **DEFAULT_0_2))
+        study.get(Run(lr, schedule="linear", warmup=WARMUP_STEPS, **DEFAULT_0_2))
+
+
+LORAPLUS_RATIO = 16  # peft's docs and the LoRA+ paper's suggestion
+
+
+def run_peer_study(study: Study) -> None:
+    """What users pick instead (issue 24), alone and wrapped by 0.2's default, cheapest first.
+
+    1. seed 0: LoRA+ (ratio 16) with its rate bracketed from Adam's tuned one; wrapped at that
+       rate and at a tenth of it (LoRA+ alone there too);
+    2. seed 1: the same four runs at the two rates (the headline rows);
+    3. seed 0: rsLoRA with its rate bracketed, wrapped at it; LoRA+ alone and wrapped at the
+       paper's rate; LoRA+ with ratio 4, bracketed, and wrapped at its rate.
+    """
+    first, *others = study.preset["seeds"]
+    plus = {"loraplus_ratio": float(LORAPLUS_RATIO)}
+    tuned = adam_tuned_lr(study, first)
+    plus_tuned = bracketed_lr(study, tuned, first, **plus)
+    tenth = float(f"{plus_tuned / 10:.3g}")
+    for seed in (first, *others):
+        for lr in (plus_tuned, tenth):
+            study.get(Run(lr, seed, **plus))
+            study.get(Run(lr, seed, **plus, **DEFAULT_0_2))
+    rs_tuned = bracketed_lr(study, tuned, first, adapter="rslora")
+    study.get(Run(rs_tuned, first, adapter="rslora", **DEFAULT_0_2))
+    study.get(Run(PAPER_LR, first, **plus))
+    study.get(Run(PAPER_LR, first, **plus, **DEFAULT_0_2))
+    four = {"loraplus_ratio": 4.0}
+    four_tuned = bracketed_lr(study, plus_tuned, first, **four)
+    study.get(Run(four_tuned, first, **four, **DEFAULT_0_2))
+
+
+def run_study(preset_name: str, out: Path, plan: str = "plan") -> Study:
+    """Run (or load) the plan of the module docstring, in order; return the study.
+
+    ``plan``: "plan" (the module docstring's), "warmup" (``run_warmup_study``) or "peers"
+    (``run_peer_study``).
+    """
     study = Study(preset_name, out)
+    if plan != "plan":
+        {"warmup": run_warmup_study, "peers": run_peer_study}[plan](study)
+        study.write_tables()
+        return study
     if "bracket_from" in study.preset:
         run_converged_study(study)
         study.write_tables()
@@ -521,6 +640,13 @@ def main(argv: list[str] | None = None) -> Study:
         help="rerun the cheapest committed run of the preset and fail (exit 1) if its steps, "
         "FLOPs, passes, τ or test losses differ from its JSON",
     )
+    parser.add_argument(
+        "--study",
+        choices=("plan", "warmup", "peers"),
+        default="plan",
+        help="plan: the preset's own plan (default); warmup: stages under a linear warmup "
+        "schedule; peers: LoRA+ and rsLoRA, alone and under Fast Forward",
+    )
     args = parser.parse_args(argv)  # fmt: skip
 
     import tempfile
@@ -536,7 +662,7 @@ def main(argv: list[str] | None = None) -> Study:
         return Study(args.preset, out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{args.preset}] {PRESETS[args.preset]} -> {out}", flush=True)
-    study = run_study(args.preset, out)
+    study = run_study(args.preset, out, args.study)
     print((out / "table.md").read_text())
     print(f"wrote {out}/table.md, {out}/loss_vs_flops.png and runs/*.json")
     return study

@@ -184,16 +184,18 @@ class _Curve:
     curve: list[tuple[int, float, str]]
 
 
+def _name(outcome: Any) -> str:
+    return f"{outcome.run.label}{_peer(outcome)} lr={outcome.run.lr:g}{_scheduled(outcome)}"
+
+
+def _as_curve(outcome: Any, group: str) -> _Curve:
+    return _Curve(_name(outcome), group, [(flops, loss, "") for _, flops, _, loss in outcome.curve])
+
+
 def anytime_table(results: list[Any], fractions: Sequence[float] = anytime.FRACTIONS) -> str:
-    """Loss at equal FLOPs and FLOPs to Adam's loss, each run against Adam at its lr."""
-    runs = [
-        _Curve(
-            f"{o.run.label} lr={o.run.lr:g}{_scheduled(o)}",
-            _group(o),
-            [(flops, loss, "") for _, flops, _, loss in o.curve],
-        )
-        for o in results
-    ]
+    """Loss at equal FLOPs and FLOPs to Adam's loss, each run against Adam (or the peer it
+    wraps) at its lr."""
+    runs = [_as_curve(o, _group(o)) for o in results]
     adam = {r.group: r for r, o in zip(runs, results, strict=True) if not o.run.is_ff}
     budget = {group: r.curve[-1][0] for group, r in adam.items()}
     return anytime.table(runs, adam, budget, fractions)
@@ -214,7 +216,7 @@ def policy_table(results: list[Any]) -> str:
         off = "" if o.gave_up_at_step is None else f"{o.gave_up_at_step}{because}"
         taus = ", ".join(map(str, o.taus))
         lines.append(
-            f"| {o.run.label} lr={o.run.lr:g}{_scheduled(o)} | {o.final_loss:.4f} | {vs} | "
+            f"| {_name(o)} | {o.final_loss:.4f} | {vs} | "
             + (f"{passes} | {taus} | {off} |" if o.run.is_ff else " |  |  |")
         )
     return "\n".join(lines) + "\n"
@@ -229,12 +231,52 @@ LASTING_FRACTIONS = (0.25, 0.50, 0.75, 1.00)
 
 
 def _group(outcome: Any) -> str:
-    """The runs compared with one Adam run: same lr, same schedule."""
-    return f"{outcome.run.lr:g}{_scheduled(outcome)}"
+    """The runs compared with one run without Fast Forward: same lr, schedule and peer."""
+    return f"{outcome.run.lr:g}{_scheduled(outcome)}{_peer(outcome)}"
 
 
 def _scheduled(outcome: Any) -> str:
     return f", {outcome.run.schedule} schedule" if outcome.run.schedule else ""
+
+
+def _peer(outcome: Any) -> str:
+    """ " LoRA+16", " rsLoRA": what the run trains with instead of LoRA and Adam ("": those)."""
+    run = outcome.run
+    return (" rsLoRA" if getattr(run, "adapter", "lora") == "rslora" else "") + (
+        f" LoRA+{run.loraplus_ratio:g}" if getattr(run, "loraplus_ratio", 0.0) else ""
+    )
+
+
+def peer_table(results: list[Any]) -> str:
+    """Every run against tuned Adam (the first run without Fast Forward and peer): the losses
+    at 25..100% of its FLOPs, FLOPs to its losses, and the best test loss along each curve."""
+    tuned = next(o for o in results if not o.run.is_ff and not o.run.is_peer)
+    rows = sorted(results, key=lambda o: (_peer(o), o.run.lr, o.run.is_ff))
+    rows.remove(tuned)
+    rows.insert(0, tuned)
+    curves = [_as_curve(o, "tuned") for o in rows]
+    best = [
+        f"| {_name(o)} | {o.best_loss:.4f} | {o.final_loss:.4f} | "
+        f"{o.best_loss / tuned.final_loss - 1:+.2%} |"
+        for o in rows
+    ]
+    return (
+        f"Against tuned Adam (lr {tuned.run.lr:g}, final {tuned.final_loss:.4f}):\n\n"
+        + anytime.table(curves, {"tuned": curves[0]}, {"tuned": tuned.flops}, LASTING_FRACTIONS)
+        + "\n| run | best test loss | final | best vs tuned Adam's final |\n|---|---|---|---|\n"
+        + "\n".join(best)
+        + "\n"
+    )
+
+
+def write_peer_study(results: list[Any], out: Path) -> None:
+    """``peer_table.md``: each wrapped run against its peer alone (passes, stages, losses at
+    25..100%), then every run against tuned Adam."""
+    text = "\n".join([
+        policy_table(results), anytime_table(results, LASTING_FRACTIONS), peer_table(results)
+    ])  # fmt: skip
+    (out / "peer_table.md").write_text(text)
+    print(text)
 
 
 def write_warmup_study(results: list[Any], out: Path) -> None:

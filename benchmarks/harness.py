@@ -63,14 +63,17 @@ def finetune_model(
 ) -> torch.nn.Module:
     """A trainable copy of ``lm``'s ``base``: LoRA/DoRA ``rank`` initialised from ``seed``.
 
-    ``adapter`` is "lora", "dora" or "full" (every parameter trains; ``rank`` and ``seed`` unused).
+    ``adapter`` is "lora", "dora", "rslora" (LoRA scaled by alpha/sqrt(rank)) or "full" (every
+    parameter trains; ``rank`` and ``seed`` unused).
     """
     from benchmarks import lm
 
     model = copy.deepcopy(base).train()
     if adapter == "full":
         return model
-    return lm.add_lora(model, rank, seed=seed, use_dora=adapter == "dora")  # type: ignore[arg-type]
+    return lm.add_lora(  # type: ignore[arg-type]
+        model, rank, seed=seed, use_dora=adapter == "dora", use_rslora=adapter == "rslora"
+    )
 
 
 def epoch_batches(examples: Any, batch_size: int, epochs: int, seed: int) -> list[Any]:

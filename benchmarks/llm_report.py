@@ -189,16 +189,71 @@ def diagnosis(ordered: Sequence[Any], adam: dict[str, Any]) -> str:
     )
 
 
+def _is_peer(r: Any) -> bool:
+    return bool(r.run.loraplus_ratio) or r.run.adapter == "rslora"
+
+
+def peer_table(results: Sequence[Any]) -> str:
+    """Markdown (empty without peers): LoRA+ and rsLoRA, alone and under Fast Forward, each
+    seed's runs against that seed's tuned Adam (plain LoRA, the lowest final test loss): the
+    anytime table at 25..100% of its FLOPs, and the best test loss along each curve."""
+    text = ""
+    for seed in sorted({r.run.seed for r in results if _is_peer(r)}):
+        plain = [r for r in results if r.run.seed == seed and r.run.baseline == "lora"]
+        adams = [r for r in plain if not r.run.is_ff]
+        if not adams:
+            continue
+        tuned = min(adams, key=lambda r: r.final_loss)
+        rows = [tuned] + [r for r in plain if r.run.is_ff and r.run.lr == tuned.run.lr]
+        rows += sorted(
+            (r for r in results if r.run.seed == seed and _is_peer(r)),
+            key=lambda r: (r.run.adapter, r.run.loraplus_ratio, r.run.lr, r.run.is_ff),
+        )
+        curves = [_AsTuned(r.name, r.curve) for r in rows]
+        anytime_rows = anytime.table(
+            curves, {"tuned": curves[0]}, {"tuned": tuned.budget_flops}, CONVERGED_FRACTIONS
+        )
+        text += (
+            f"\n### Peers, seed {seed}: against tuned Adam (lr {tuned.run.lr:g}, "
+            f"final {tuned.final_loss:.4f})\n\n"
+            + anytime_rows
+            + "\n"
+            + markdown(
+                ["run", "best test (at step)", "final test", "val passes", "τ per stage"],
+                [_best_row(r) for r in rows],
+            )
+            + "\n"
+        )
+    return text.lstrip("\n")
+
+
+class _AsTuned:
+    """A run as ``anytime.table`` reads it, every one judged against tuned Adam."""
+
+    group = "tuned"
+
+    def __init__(self, name: str, curve: Sequence[tuple[int, float, str]]) -> None:
+        self.name, self.curve = name, curve
+
+
+def _best_row(r: Any) -> list[str]:
+    best = min(range(len(r.curve)), key=lambda i: r.curve[i][1])
+    taus = ", ".join(map(str, r.taus))
+    passes = str(r.evaluations) if r.run.is_ff else ""
+    return [r.name, f"{r.curve[best][1]:.4f} (step {r.steps_curve[best]})",
+            f"{r.final_loss:.4f}", passes, taus]  # fmt: skip
+
+
 def plot(results: Sequence[Any], path: Path) -> None:
     """One panel per learning rate: test loss against FLOPs, Adam and Fast Forward, all seeds."""
-    lrs = sorted({r.run.lr for r in results if r.run.adapter == "lora"})
+    lrs = sorted({r.run.lr for r in results if r.run.baseline == "lora"})
     if not lrs:
         return
     fig, axes = pyplot().subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.8), squeeze=False)
     colors = {"Adam": "tab:blue", "parabolic": "tab:green", "linear": "tab:orange"}
     for ax, lr in zip(axes[0], lrs, strict=True):
         for r in results:
-            if r.run.lr != lr or r.run.adapter != "lora":
+            if r.run.lr != lr or r.run.baseline != "lora":  # plain LoRA + Adam, no schedule
                 continue
             method = r.run.search or "Adam"
             xs = [point[0] / 1e12 for point in r.curve]

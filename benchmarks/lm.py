@@ -241,17 +241,25 @@ def token_weighted_loss(
 
 
 def add_lora(
-    model: GPTNeoXForCausalLM, r: int = 8, *, seed: int = 0, use_dora: bool = False
+    model: GPTNeoXForCausalLM,
+    r: int = 8,
+    *,
+    seed: int = 0,
+    use_dora: bool = False,
+    use_rslora: bool = False,
 ) -> torch.nn.Module:
-    """Wrap ``model`` in place with LoRA (or DoRA) on the fused ``query_key_value`` matrices.
+    """Wrap ``model`` in place with LoRA (DoRA, rsLoRA) on the fused ``query_key_value`` matrices.
 
+    ``use_rslora`` scales the adapter by ``lora_alpha / sqrt(r)`` instead of ``lora_alpha / r``.
     peft's defaults otherwise (``lora_alpha=8``, no dropout): A is Kaiming-random (seeded),
     B is zero, so the wrapped model starts equal to ``model``. Only the adapter requires grad.
     """
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(target_modules=["query_key_value"], r=r, use_dora=use_dora)
+    config = LoraConfig(
+        target_modules=["query_key_value"], r=r, use_dora=use_dora, use_rslora=use_rslora
+    )
     with warnings.catch_warnings():  # peft calls a transformers method it has deprecated
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
         return get_peft_model(model, config)

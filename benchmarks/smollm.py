@@ -178,17 +178,25 @@ def evaluate(model: torch.nn.Module, examples: Examples, batch_size: int = 32) -
 
 
 def add_lora(
-    model: torch.nn.Module, r: int = 8, *, seed: int = 0, use_dora: bool = False
+    model: torch.nn.Module,
+    r: int = 8,
+    *,
+    seed: int = 0,
+    use_dora: bool = False,
+    use_rslora: bool = False,
 ) -> torch.nn.Module:
-    """Wrap ``model`` in place with LoRA (or DoRA) r on ``q_proj`` and ``v_proj``.
+    """Wrap ``model`` in place with LoRA (or DoRA, or rsLoRA) r on ``q_proj`` and ``v_proj``.
 
+    ``use_rslora`` scales the adapter by ``lora_alpha / sqrt(r)`` instead of ``lora_alpha / r``.
     peft's defaults otherwise (``lora_alpha=8``, no dropout); B is zero, so the wrapped model
     starts equal to ``model``. r=8 gives 460,800 trainable parameters.
     """
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(target_modules=["q_proj", "v_proj"], r=r, use_dora=use_dora)
+    config = LoraConfig(
+        target_modules=["q_proj", "v_proj"], r=r, use_dora=use_dora, use_rslora=use_rslora
+    )
     with warnings.catch_warnings():  # peft calls a transformers method it has deprecated
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
         return get_peft_model(model, config)

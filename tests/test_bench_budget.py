@@ -10,6 +10,8 @@ import torch
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
+from peft.tuners.lora import LoraLayer
+
 from benchmarks import bench_budget, budget_report, harness, lm
 
 
@@ -180,3 +182,59 @@ def test_a_scheduled_run_steps_its_schedule_and_a_pace_is_set_for_its_run_only(m
     assert schedulers[0].last_epoch == outcome.curve[-1][0] == 2 * 256 // 32
     assert outcome.provenance["model"] == harness.TINY_MODEL
     assert len(outcome.stage_losses) == len(outcome.payoffs) == outcome.stages
+
+
+def test_a_loraplus_run_trains_b_at_the_ratio_times_a_and_an_rslora_run_scales_by_root_r():
+    base = lm.load_pretrained()
+    full = lm.finetune_splits(0, n_test=32)
+    splits = replace(full, train=full.train[:64])
+    plus = bench_budget.Run(1e-3, label="alone", loraplus_ratio=16.0)
+    model = harness.finetune_model(base)
+    optimizer = bench_budget.base_optimizer(plus, model)
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert rates[id(param)] == (16e-3 if "lora_B" in name else 1e-3), name
+    rs = harness.finetune_model(base, adapter="rslora")
+    scaling = {m.scaling["default"] for m in rs.modules() if isinstance(m, LoraLayer)}
+    assert scaling == {8 / 8**0.5}  # peft's lora_alpha=8, r=8: alpha/sqrt(r), not alpha/r = 1
+    wrapped = bench_budget.ff(1e-3, "FF", loraplus_ratio=16.0, **bench_budget.PAIR)
+    assert plus.slug == "adam-lr0.001-loraplus16"
+    assert wrapped.slug == (
+        "ff-lr0.001-cost_aware=True-cost_ratio=flops-delta_span=interval-loraplus16"
+    )
+    assert bench_budget.Run(1e-3, adapter="rslora").slug == "adam-lr0.001-rslora"
+    outcome = bench_budget.train(wrapped, base, splits, splits.val, epochs=2, batch_size=8)
+    assert outcome.curve[-1][0] == 2 * 64 // 8
+    assert outcome.stages >= 1
+
+
+def test_bracketing_walks_the_grid_until_both_neighbours_are_worse():
+    finals = dict(zip(bench_budget.LR_SWEEP, [9, 8, 7, 6, 5, 4, 4.5, 5.5, 6.5], strict=True))
+    asked = []
+
+    def get(run):
+        asked.append(run.lr)
+        return _outcome(run.lr, [10.0, finals[run.lr]])
+
+    assert bench_budget.bracketed(get, 3e-2, loraplus_ratio=16.0) == 3e-3
+    assert set(asked) == {3e-2, 1e-2, 1e-1, 3e-3, 1e-3}
+    assert bench_budget.bracketed(get, 1e-1) == 3e-3  # from the grid's end
+
+
+def test_the_peer_table_reads_every_run_against_tuned_adam(tmp_path):
+    adam = _outcome(3e-2, [3.0, 2.4, 2.2, 2.0])
+    plus = replace(
+        _outcome(3e-3, [3.0, 2.2, 2.0, 1.9]),
+        run=bench_budget.Run(3e-3, label="alone", loraplus_ratio=16.0),
+    )
+    wrapped = replace(
+        _outcome(3e-3, [3.0, 2.0, 1.95, 1.96], ff=True),
+        run=bench_budget.ff(3e-3, "FF", loraplus_ratio=16.0, **bench_budget.PAIR),
+    )
+    budget_report.write_peer_study([adam, plus, wrapped], tmp_path)
+    text = (tmp_path / "peer_table.md").read_text()
+    assert "| FF LoRA+16 lr=0.003 | 1.9600 | +3.16% |" in text  # against LoRA+ alone
+    assert "Against tuned Adam (lr 0.03, final 2.0000)" in text
+    assert "| alone LoRA+16 lr=0.003 | 1.9000 | 1.9000 | -5.00% |" in text
+    assert "| FF LoRA+16 lr=0.003 | 1.9500 | 1.9600 | -2.50% |" in text
