@@ -173,7 +173,7 @@ def train(
         harness.finetune_model(base), lm.lm_loss, batches[0], splits.val, run.lr
     )
     outcome.train_step_flops, outcome.val_pass_flops = costs.train_step, costs.val_pass
-    adam = base_optimizer(run, model)
+    adam = harness.base_optimizer(model, run.lr, run.loraplus_ratio)
     optimizer: torch.optim.Optimizer = adam
     if run.options is not None:
         groups = pool.split(len(splits.val)) if run.rotate else [splits.val]
@@ -190,20 +190,6 @@ def train(
     finally:
         _payoff.PACE = pace
     return outcome
-
-
-def base_optimizer(run: Run, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters, or LoRA+ built by peft from Adam."""
-    if not run.loraplus_ratio:
-        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr)
-    from peft.optimizers import create_loraplus_optimizer
-
-    return create_loraplus_optimizer(
-        model,  # type: ignore[arg-type]
-        torch.optim.Adam,
-        lr=run.lr,
-        loraplus_lr_ratio=run.loraplus_ratio,
-    )
 
 
 def _train_loop(

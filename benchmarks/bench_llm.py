@@ -185,19 +185,6 @@ def build(run: Run, base: Any) -> Any:
     )
 
 
-def base_optimizer(run: Run, model: Any) -> Any:
-    """Adam over the trainable parameters, or LoRA+ built by peft from Adam."""
-    import torch
-
-    if not run.loraplus_ratio:
-        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr)
-    from peft.optimizers import create_loraplus_optimizer
-
-    return create_loraplus_optimizer(
-        model, torch.optim.Adam, lr=run.lr, loraplus_lr_ratio=run.loraplus_ratio
-    )
-
-
 def scheduler_of(run: Run, optimizer: Any, steps: int) -> Any:
     """transformers' linear schedule after ``WARMUP_STEPS`` of warmup, or None."""
     if not run.schedule:
@@ -227,7 +214,7 @@ def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> 
     result.train_step_flops, result.val_pass_flops = costs.train_step, costs.val_pass
     result.forward_flops = costs.forward
     result.budget_flops = costs.flops(len(batches))
-    adam = base_optimizer(run, model)
+    adam = harness.base_optimizer(model, run.lr, run.loraplus_ratio)
     evaluations = 0
 
     def flops_so_far(extra: int = 0) -> int:

@@ -76,6 +76,20 @@ def finetune_model(
     )
 
 
+def base_optimizer(model: Any, lr: float, loraplus_ratio: float = 0.0) -> Any:
+    """Adam over ``model``'s trainable parameters at ``lr``, or with ``loraplus_ratio`` LoRA+:
+    built by peft's ``create_loraplus_optimizer`` from Adam (LoRA's B at ``ratio * lr``)."""
+    import torch
+
+    if not loraplus_ratio:
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model, torch.optim.Adam, lr=lr, loraplus_lr_ratio=loraplus_ratio
+    )
+
+
 def epoch_batches(examples: Any, batch_size: int, epochs: int, seed: int) -> list[Any]:
     """``epochs`` shuffles of ``examples`` cut into full batches: every step of a run, in order.
 

@@ -104,6 +104,19 @@ class TrainingClock:
 # of the two (issue 22); not an option of the library.
 PACE = "peak"
 
+# Whether a stage that did not pay is forgiven when the stage before it paid (the wrapper then
+# steps aside only after two unpaid stages in a row, or an unpaid first one). A switch for the
+# benchmarks' comparison (issue 22); not an option of the library.
+FORGIVE = False
+
+
+def forgiven(payoffs: list[float | None]) -> bool:
+    """Whether the last stage's failure to pay is forgiven (only with :data:`FORGIVE`).
+
+    ``payoffs``: one per stage, in order, the last below 1. Forgiven when the one before paid.
+    """
+    return FORGIVE and len(payoffs) >= 2 and payoffs[-2] is not None and payoffs[-2] >= 1
+
 
 @dataclass
 class CostAwareRule:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from fastforward import _logs
+from fastforward import _logs, _payoff
 from fastforward._checkpoint import WRAPPER, WrapperState
 from fastforward._checks import (
     _check_bool,
@@ -643,7 +643,9 @@ class FastForward(Optimizer):
             log_out_of_patience(self.process_group, record.step, failed, self.config)
         if self.config.cost_aware:
             self._cost.reference = (record.step, record.loss_after)
-            if record.payoff is not None and record.payoff < 1 and not self._schedule.gave_up:
+            unpaid = record.payoff is not None and record.payoff < 1
+            payoffs = [r.payoff for r in stats.history]
+            if unpaid and not self._schedule.gave_up and not _payoff.forgiven(payoffs):
                 self._give_up(record.step, "payoff")
                 log_stepped_aside(self.process_group, record)
         if self.on_stage is not None:

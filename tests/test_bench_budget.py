@@ -190,7 +190,7 @@ def test_a_loraplus_run_trains_b_at_the_ratio_times_a_and_an_rslora_run_scales_b
     splits = replace(full, train=full.train[:64])
     plus = bench_budget.Run(1e-3, label="alone", loraplus_ratio=16.0)
     model = harness.finetune_model(base)
-    optimizer = bench_budget.base_optimizer(plus, model)
+    optimizer = harness.base_optimizer(model, plus.lr, plus.loraplus_ratio)
     rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     for name, param in model.named_parameters():
         if param.requires_grad:

@@ -149,3 +149,45 @@ def test_a_smollm2_adapter_saves_without_a_missing_config_warning(tmp_path):
     model = smollm.add_lora(smollm.load_model())
     model.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_a_baseline_other_than_adam_or_a_schedule_names_its_own_group_and_leaves_old_runs_alone():
+    preset = bench_llm.PRESETS["full"]
+    old = bench_llm.Run(2e-3, 0, "parabolic", cost_aware=True, delta_span="interval")
+    assert old.slug == "ff-parabolic-cost-aware-interval-delta-lora-lr-0p002-seed-0"
+    assert set(bench_llm.config_of(old, preset)) >= {"lr", "seed", "search", "adapter"}
+    assert not {"loraplus_ratio", "schedule", "warmup"} & set(bench_llm.config_of(old, preset))
+    plus = bench_llm.Run(1e-3, 1, loraplus_ratio=16.0)
+    wrapped = bench_llm.Run(1e-3, 1, loraplus_ratio=16.0, **bench_llm.DEFAULT_0_2)
+    assert (
+        plus.group
+        == wrapped.group
+        == "lora LoRA+16 lr=0.001 seed=1"
+        != bench_llm.Run(1e-3, 1).group
+    )
+    waiting = bench_llm.Run(4e-5, schedule="linear", warmup=8, **bench_llm.DEFAULT_0_2)
+    assert waiting.group == "lora linear-warmup8 lr=4e-05 seed=0"
+    assert waiting.name.startswith("FF parabolic cost-aware interval-delta warmup=8 ")
+    assert bench_llm.config_of(waiting, preset)["warmup"] == 8
+    rs = bench_llm.Run(1e-3, adapter="rslora")
+    assert len({r.slug for r in (old, plus, wrapped, waiting, rs)}) == 5
+
+
+def test_the_linear_schedule_warms_up_for_its_steps_then_decays_to_zero():
+    import torch
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    adam = torch.optim.Adam([param], lr=1.0)
+    scheduler = bench_llm.scheduler_of(bench_llm.Run(1.0, schedule="linear"), adam, 30)
+    rates = []
+    for _ in range(30):
+        rates.append(adam.param_groups[0]["lr"])
+        adam.step()
+        scheduler.step()
+    warmup = bench_llm.WARMUP_STEPS
+    assert rates[:warmup] == [step / warmup for step in range(warmup)]
+    assert rates[warmup] == 1.0
+    assert rates[-1] == 1 / (30 - warmup)
+    assert bench_llm.scheduler_of(bench_llm.Run(1.0), adam, 30) is None
+    with pytest.raises(ValueError, match="schedule"):
+        bench_llm.scheduler_of(bench_llm.Run(1.0, schedule="cosine"), adam, 30)

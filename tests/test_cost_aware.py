@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from reference import bitwise_equal, paper_fast_forward
 from strategies import through_disk
 
+from fastforward import _payoff
 from fastforward._payoff import TrainingClock, stage_payoff
 
 gains = st.floats(0.0, 10.0)
@@ -325,3 +326,21 @@ def test_a_rotating_validation_closure_is_refused_with_cost_aware():
         paper_fast_forward(adam, model, rotating, cost_aware=True)
     fixed = validation_closure(model, pool, mse)
     assert paper_fast_forward(adam, model, fixed, cost_aware=True).cost_aware
+
+
+@pytest.mark.parametrize(
+    ("payoffs", "forgiven"),
+    [
+        ([0.5], False),  # an unpaid first stage
+        ([2.0, 0.5], True),  # after a paid one
+        ([2.0, 0.5, 0.0], False),  # two in a row
+        ([None, 0.5], False),  # the one before was not judged
+        ([1.0, 0.99], True),  # exactly 1 pays
+    ],
+)
+def test_the_benchmarks_forgive_switch_forgives_one_unpaid_stage_after_a_paid_one(
+    monkeypatch, payoffs, forgiven
+):
+    assert not _payoff.forgiven(payoffs)  # off: the library's rule
+    monkeypatch.setattr(_payoff, "FORGIVE", True)
+    assert _payoff.forgiven(payoffs) is forgiven
