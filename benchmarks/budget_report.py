@@ -240,11 +240,10 @@ def _scheduled(outcome: Any) -> str:
 
 
 def _peer(outcome: Any) -> str:
-    """ " LoRA+16", " rsLoRA": what the run trains with instead of LoRA and Adam ("": those)."""
+    """What the run trains with instead of LoRA and Adam: " rsLoRA", " LoRA+16", or "" (those)."""
     run = outcome.run
-    return (" rsLoRA" if getattr(run, "adapter", "lora") == "rslora" else "") + (
-        f" LoRA+{run.loraplus_ratio:g}" if getattr(run, "loraplus_ratio", 0.0) else ""
-    )
+    rs = " rsLoRA" if run.adapter == "rslora" else ""
+    return rs + (f" LoRA+{run.loraplus_ratio:g}" if run.loraplus_ratio else "")
 
 
 def peer_table(results: list[Any]) -> str:
