@@ -357,14 +357,20 @@ def bracketed(get: Any, start: float, **baseline: Any) -> float:
 def peer_study(get: Any, tuned_lr: float) -> list[Run]:
     """What users pick instead (issue 24): LoRA+ at two ratios and rsLoRA, each at its own
     bracketed rate alone and wrapped by 0.2's default, and at a tenth of it (two grid steps
-    down) and the paper's rate; tuned Adam alone and wrapped for reference."""
+    down) and the paper's rate; tuned Adam alone and wrapped for reference. Then, where the
+    first stage decides everything, 0.1's default (Δ over the last step, no cost rule) on
+    LoRA+ (ratio 16) at its tuned rate and a tenth of it."""
     runs = [Run(tuned_lr, label="Adam"), ff(tuned_lr, "FF", **PAIR)]
     baselines = [{"loraplus_ratio": r} for r in LORAPLUS_RATIOS] + [{"adapter": "rslora"}]
+    tenths = []
     for baseline in baselines:
         tuned = bracketed(get, tuned_lr, **baseline)
         tenth = LR_SWEEP[max(LR_SWEEP.index(tuned) - 2, 0)]
+        tenths.append((tuned, tenth))
         for lr in dict.fromkeys((tuned, tenth, PAPER_LR)):
             runs += [Run(lr, label="alone", **baseline), ff(lr, "FF", **baseline, **PAIR)]
+    plus = {"loraplus_ratio": LORAPLUS_RATIOS[0]}
+    runs += [ff(lr, "FF 0.1 (step Δ)", **plus) for lr in tenths[0]]
     return runs
 
 

@@ -507,7 +507,9 @@ def run_peer_study(study: Study) -> None:
        rate and at a tenth of it (LoRA+ alone there too);
     2. seed 1: the same four runs at the two rates (the headline rows);
     3. seed 0: rsLoRA with its rate bracketed, wrapped at it; LoRA+ alone and wrapped at the
-       paper's rate; LoRA+ with ratio 4, bracketed, and wrapped at its rate.
+       paper's rate; LoRA+ with ratio 4, bracketed, and wrapped at its rate;
+    4. seed 0: 0.1's default (Δ over the last step, no cost rule) on LoRA+ (ratio 16) at its
+       tuned rate and a tenth of it.
     """
     first, *others = study.preset["seeds"]
     plus = {"loraplus_ratio": float(LORAPLUS_RATIO)}
@@ -525,6 +527,8 @@ def run_peer_study(study: Study) -> None:
     four = {"loraplus_ratio": 4.0}
     four_tuned = bracketed_lr(study, plus_tuned, first, **four)
     study.get(Run(four_tuned, first, **four, **DEFAULT_0_2))
+    for lr in (plus_tuned, tenth):
+        study.get(Run(lr, first, "parabolic", **plus))
 
 
 def run_study(preset_name: str, out: Path, plan: str = "plan") -> Study:
