@@ -62,7 +62,7 @@ def tables(results: Sequence[Any]) -> str:
     adam = _adam_by_group(results)
     ordered = sorted(
         (r for r in results if r.group in adam),
-        key=lambda r: (r.run.adapter, r.run.seed, r.run.lr, r.run.is_ff, r.run.search or ""),
+        key=lambda r: (r.run.baseline, r.run.seed, r.run.lr, r.run.is_ff, r.name),
     )
     budget = {group: a.budget_flops for group, a in adam.items()}
     text = markdown(COLUMNS, [_row(r, adam[r.group]) for r in ordered]) + "\n"
