@@ -33,6 +33,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import math
 import os
 import shutil
 import sys
@@ -342,8 +343,9 @@ def bracketed(get: Any, start: float, **baseline: Any) -> float:
     """The rate of ``LR_SWEEP`` with the lowest final loss of the runs ``Run(lr, **baseline)``,
     walked from ``start`` until both neighbours on the grid are worse (or the grid ends)."""
 
-    def final(index: int) -> float:
-        return get(Run(LR_SWEEP[index], label="alone", **baseline)).final_loss
+    def final(index: int) -> float:  # a diverged run (NaN) is the worst
+        loss = get(Run(LR_SWEEP[index], label="alone", **baseline)).final_loss
+        return loss if loss == loss else math.inf
 
     best = LR_SWEEP.index(start)
     while True:
@@ -356,8 +358,8 @@ def bracketed(get: Any, start: float, **baseline: Any) -> float:
 
 def peer_study(get: Any, tuned_lr: float) -> list[Run]:
     """What users pick instead (issue 24): LoRA+ at two ratios and rsLoRA, each at its own
-    bracketed rate alone and wrapped by 0.2's default, and at a tenth of it (two grid steps
-    down) and the paper's rate; tuned Adam alone and wrapped for reference. Then, where the
+    bracketed rate alone and wrapped by 0.2's default, two grid steps below it (a tenth, from
+    3e-4 up) and at the paper's rate; tuned Adam alone and wrapped for reference. Then, where the
     first stage decides everything, 0.1's default (Δ over the last step, no cost rule) on
     LoRA+ (ratio 16) at its tuned rate and a tenth of it."""
     runs = [Run(tuned_lr, label="Adam"), ff(tuned_lr, "FF", **PAIR)]

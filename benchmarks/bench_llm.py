@@ -62,6 +62,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -439,8 +440,9 @@ def bracketed_lr(study: Study, start: float, seed: int = 0, **baseline: Any) -> 
     ``Run`` fields of another baseline to tune instead (``loraplus_ratio``, ``adapter``).
     """
 
-    def final(lr: float) -> float:
-        return study.get(Run(float(f"{lr:.3g}"), seed, **baseline)).final_loss
+    def final(lr: float) -> float:  # a diverged run (NaN) is the worst
+        loss = study.get(Run(float(f"{lr:.3g}"), seed, **baseline)).final_loss
+        return loss if loss == loss else math.inf
 
     best = start
     while True:

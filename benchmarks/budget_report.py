@@ -249,7 +249,9 @@ def _peer(outcome: Any) -> str:
 def peer_table(results: list[Any]) -> str:
     """Every run against tuned Adam (the first run without Fast Forward and peer): the losses
     at 25..100% of its FLOPs, FLOPs to its losses, and the best test loss along each curve."""
-    tuned = next(o for o in results if not o.run.is_ff and not o.run.is_peer)
+    tuned = next((o for o in results if not o.run.is_ff and not o.run.is_peer), None)
+    if tuned is None:
+        return ""
     rows = sorted(results, key=lambda o: (_peer(o), o.run.lr, o.run.is_ff))
     rows.remove(tuned)
     rows.insert(0, tuned)

@@ -69,7 +69,8 @@ def tables(results: Sequence[Any]) -> str:
     if ordered:
         first = ordered[0]
         text += (
-            f"\nL* is the final test loss of the Adam run at the same learning rate and seed; "
+            f"\nL* is the final test loss of the run without Fast Forward (Adam, or the peer "
+            f"it wraps) at the same learning rate and seed; "
             f"savings are at the first test point within 1e-4 of it. One validation pass costs "
             f"{first.val_pass_flops / first.train_step_flops:.2f} training steps; a training "
             f"step costs {first.train_step_flops / first.forward_flops:.2f}x its forward pass "
@@ -193,10 +194,16 @@ def _is_peer(r: Any) -> bool:
     return bool(r.run.loraplus_ratio) or r.run.adapter == "rslora"
 
 
+def _is_default_0_2(r: Any) -> bool:
+    run = r.run
+    return run.search == "parabolic" and run.cost_aware and run.delta_span == "interval"
+
+
 def peer_table(results: Sequence[Any]) -> str:
     """Markdown (empty without peers): LoRA+ and rsLoRA, alone and under Fast Forward, each
-    seed's runs against that seed's tuned Adam (plain LoRA, the lowest final test loss): the
-    anytime table at 25..100% of its FLOPs, and the best test loss along each curve."""
+    seed's runs against that seed's tuned Adam (plain LoRA, the lowest final test loss; 0.2's
+    default on it beside): the anytime table at 25..100% of its FLOPs, and the best test loss
+    along each curve."""
     text = ""
     for seed in sorted({r.run.seed for r in results if _is_peer(r)}):
         plain = [r for r in results if r.run.seed == seed and r.run.baseline == "lora"]
@@ -204,7 +211,7 @@ def peer_table(results: Sequence[Any]) -> str:
         if not adams:
             continue
         tuned = min(adams, key=lambda r: r.final_loss)
-        rows = [tuned] + [r for r in plain if r.run.is_ff and r.run.lr == tuned.run.lr]
+        rows = [tuned] + [r for r in plain if _is_default_0_2(r) and r.run.lr == tuned.run.lr]
         rows += sorted(
             (r for r in results if r.run.seed == seed and _is_peer(r)),
             key=lambda r: (r.run.adapter, r.run.loraplus_ratio, r.run.lr, r.run.is_ff),
@@ -240,8 +247,8 @@ def _best_row(r: Any) -> list[str]:
     best = min(range(len(r.curve)), key=lambda i: r.curve[i][1])
     taus = ", ".join(map(str, r.taus))
     passes = str(r.evaluations) if r.run.is_ff else ""
-    return [r.name, f"{r.curve[best][1]:.4f} (step {r.steps_curve[best]})",
-            f"{r.final_loss:.4f}", passes, taus]  # fmt: skip
+    at = f" (step {r.steps_curve[best]})" if r.steps_curve else ""  # not in the oldest runs
+    return [r.name, f"{r.curve[best][1]:.4f}{at}", f"{r.final_loss:.4f}", passes, taus]
 
 
 def plot(results: Sequence[Any], path: Path) -> None:

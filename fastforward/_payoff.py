@@ -106,7 +106,7 @@ PACE = "peak"
 
 # Whether a stage that did not pay is forgiven when the stage before it paid (the wrapper then
 # steps aside only after two unpaid stages in a row, or an unpaid first one). A switch for the
-# benchmarks' comparison (issue 22); not an option of the library.
+# benchmarks' comparison (issue 22: bench_budget's ``Run.forgive``); not an option of the library.
 FORGIVE = False
 
 
