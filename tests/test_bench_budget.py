@@ -214,12 +214,14 @@ def test_bracketing_walks_the_grid_until_both_neighbours_are_worse():
     asked = []
 
     def get(run):
-        asked.append(run.lr)
+        asked.append((run.lr, run.loraplus_ratio))
         return _outcome(run.lr, [10.0, finals[run.lr]])
 
     assert bench_budget.bracketed(get, 3e-2, loraplus_ratio=16.0) == 3e-3
-    assert set(asked) == {3e-2, 1e-2, 1e-1, 3e-3, 1e-3}
+    assert set(asked) == {(lr, 16.0) for lr in (3e-2, 1e-2, 1e-1, 3e-3, 1e-3)}
     assert bench_budget.bracketed(get, 1e-1) == 3e-3  # from the grid's end
+    finals[1e-3] = float("nan")  # diverged: the worst, not a better neighbour
+    assert bench_budget.bracketed(get, 3e-2) == 3e-3
 
 
 def test_the_peer_table_reads_every_run_against_tuned_adam(tmp_path):

@@ -191,3 +191,35 @@ def test_the_linear_schedule_warms_up_for_its_steps_then_decays_to_zero():
     assert bench_llm.scheduler_of(bench_llm.Run(1.0), adam, 30) is None
     with pytest.raises(ValueError, match="schedule"):
         bench_llm.scheduler_of(bench_llm.Run(1.0, schedule="cosine"), adam, 30)
+
+
+@pytest.mark.parametrize("preset", ["full", "converged"])
+def test_every_committed_run_is_found_again_not_retrained(preset):
+    folder = {"full": bench_llm.RESULTS, "converged": bench_llm.harness.RESULTS / "llm_converged"}
+    study = bench_llm.Study(preset, folder[preset])
+    paths = sorted((study.out / "runs").glob("*.json"))
+    assert paths
+    assert len(study.saved_runs()) == len(paths)  # each matches its run's config today
+    for run in study.saved_runs():
+        assert (study.out / "runs" / f"{run.slug}.json").exists()
+
+
+def test_the_peer_table_reads_peers_against_tuned_adam_even_from_the_oldest_runs():
+    from benchmarks import llm_report
+
+    def result(run, losses):
+        curve = [(10 * i, loss, "step") for i, loss in enumerate(losses)]
+        return bench_llm.Result(run, config={}, curve=curve, final_loss=losses[-1],
+                                budget_flops=curve[-1][0])  # fmt: skip
+
+    adam = result(bench_llm.Run(2e-3), [5.0, 4.5, 4.0])  # no steps_curve: saved before it
+    worse = result(bench_llm.Run(4e-3), [5.0, 4.6, 4.2])
+    plus = result(bench_llm.Run(1e-3, loraplus_ratio=16.0), [5.0, 4.2, 3.9])
+    plus.steps_curve = [0, 1, 2]
+    table = llm_report.peer_table([worse, plus, adam])
+    assert table.startswith("### Peers, seed 0: against tuned Adam (lr 0.002, final 4.0000)")
+    assert "| Adam lora LoRA+16 lr=0.001 seed=0 | 5.0000 (+0.0%) | 4.2000 (-6.7%) |" in table
+    assert "| Adam lora LoRA+16 lr=0.001 seed=0 | 3.9000 (step 2) | 3.9000 |" in table
+    assert "| Adam lora lr=0.002 seed=0 | 4.0000 | 4.0000 |" in table
+    assert "lr=0.004" not in table
+    assert llm_report.peer_table([adam, worse]) == ""
