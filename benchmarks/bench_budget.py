@@ -74,6 +74,7 @@ class Run:
     schedule: str = ""  # "linear" or "cosine", each after WARMUP_STEPS of linear warmup; "": none
     adapter: str = "lora"  # or "rslora": LoRA scaled by alpha/sqrt(r)
     loraplus_ratio: float = 0.0  # LoRA+ (peft's create_loraplus_optimizer): B at this x lr
+    forgive: bool = False  # cost_aware forgives an unpaid stage after a paid one (_payoff.FORGIVE)
 
     @property
     def is_ff(self) -> bool:
@@ -89,6 +90,7 @@ class Run:
         parts = [f"{k}={_plain(v)}" for k, v in self.options or ()]
         parts += ["rotate"] if self.rotate else []
         parts += [f"pace={self.pace}"] if self.pace else []
+        parts += ["forgive"] if self.forgive else []
         return f"ff-lr{self.lr:g}" + "".join(f"-{p}" for p in parts + baseline)
 
     @property
@@ -114,6 +116,7 @@ def ff(
     schedule: str = "",
     adapter: str = "lora",
     loraplus_ratio: float = 0.0,
+    forgive: bool = False,
     **options: Any,
 ) -> Run:
     """A Fast Forward run; options equal to the baseline's are dropped (same slug): the library's
@@ -122,7 +125,7 @@ def ff(
     baseline = {**defaults, **BASELINE}
     options = {k: v for k, v in options.items() if v != baseline[k]}
     options_ = tuple(sorted(options.items()))
-    return Run(lr, options_, rotate, label, pace, schedule, adapter, loraplus_ratio)
+    return Run(lr, options_, rotate, label, pace, schedule, adapter, loraplus_ratio, forgive)
 
 
 @dataclass
@@ -184,12 +187,12 @@ def train(
             options["cost_ratio"] = outcome.val_pass_flops / outcome.train_step_flops
         optimizer = FastForward(adam, model, closure, **options)
     scheduler = _scheduler(run.schedule, optimizer, len(batches))
-    pace = _payoff.PACE
-    _payoff.PACE = run.pace or pace
+    switches = (_payoff.PACE, _payoff.FORGIVE)
+    _payoff.PACE, _payoff.FORGIVE = run.pace or _payoff.PACE, run.forgive
     try:
         _train_loop(outcome, model, optimizer, scheduler, costs, batches, splits, test_every)
     finally:
-        _payoff.PACE = pace
+        _payoff.PACE, _payoff.FORGIVE = switches
     return outcome
 
 
@@ -287,8 +290,9 @@ LASTING_LRS = (3e-3, 1e-2)  # below the tuned lr: where the defaults' lead did n
 
 def lasting_study(tuned_lr: float) -> list[Run]:
     """Whether a lead lasts (issue 22): the defaults and the opt-in pair, whose ``cost_aware``
-    judges a stage against the last interval's training pace or the fastest one so far, at the
-    paper's lr, the tuned one and the two between where the defaults ended behind Adam."""
+    judges a stage against the last interval's training pace or the fastest one so far (and,
+    with the fastest, forgives or not an unpaid stage after a paid one), at the paper's lr, the
+    tuned one and the two between where the defaults ended behind Adam."""
     pair = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")
     runs = []
     for lr in (PAPER_LR, *LASTING_LRS, tuned_lr):
@@ -297,6 +301,7 @@ def lasting_study(tuned_lr: float) -> list[Run]:
             ff(lr, "FF 0.1 defaults (step Δ)"),
             ff(lr, "FF interval+cost-aware, last pace", pace="last", **pair),
             ff(lr, "FF interval+cost-aware, peak pace", pace="peak", **pair),
+            ff(lr, "FF 0.2 + forgive one unpaid stage", pace="peak", forgive=True, **pair),
         ]
     return runs
 

@@ -159,13 +159,14 @@ def test_a_scheduled_run_steps_its_schedule_and_a_pace_is_set_for_its_run_only(m
     base = lm.load_pretrained()
     full = lm.finetune_splits(0, n_test=32)
     splits = replace(full, train=full.train[:256])
-    run = bench_budget.ff(1e-3, "tiny", pace="last", schedule="linear", interval=2,
+    run = bench_budget.ff(1e-3, "tiny", pace="last", schedule="linear", interval=2, forgive=True,
                           delta_span="interval", cost_aware=True, cost_ratio="flops")  # fmt: skip
+    assert run.slug.endswith("-pace=last-forgive-schedule=linear")
     paces, schedulers = [], []
     real_judge, real_scheduler = bench_budget._payoff.CostAwareRule.judge, bench_budget._scheduler
 
     def judge(self, *args, **kwargs):
-        paces.append(bench_budget._payoff.PACE)
+        paces.append((bench_budget._payoff.PACE, bench_budget._payoff.FORGIVE))
         return real_judge(self, *args, **kwargs)
 
     def scheduler(*args):
@@ -177,8 +178,9 @@ def test_a_scheduled_run_steps_its_schedule_and_a_pace_is_set_for_its_run_only(m
     original = bench_budget._payoff.PACE
     outcome = bench_budget.train(run, base, splits, splits.val, epochs=2, batch_size=32)
     assert paces
-    assert set(paces) == {"last"}
+    assert set(paces) == {("last", True)}
     assert original == bench_budget._payoff.PACE
+    assert bench_budget._payoff.FORGIVE is False
     assert schedulers[0].last_epoch == outcome.curve[-1][0] == 2 * 256 // 32
     assert outcome.provenance["model"] == harness.TINY_MODEL
     assert len(outcome.stage_losses) == len(outcome.payoffs) == outcome.stages
