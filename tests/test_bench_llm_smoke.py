@@ -170,7 +170,10 @@ def test_a_baseline_other_than_adam_or_a_schedule_names_its_own_group_and_leaves
     assert waiting.name.startswith("FF parabolic cost-aware interval-delta warmup=8 ")
     assert bench_llm.config_of(waiting, preset)["warmup"] == 8
     rs = bench_llm.Run(1e-3, adapter="rslora")
-    assert len({r.slug for r in (old, plus, wrapped, waiting, rs)}) == 5
+    forgiving = bench_llm.Run(1e-3, forgive=True, **bench_llm.DEFAULT_0_2)
+    assert forgiving.name == "FF parabolic cost-aware interval-delta forgive lora lr=0.001 seed=0"
+    assert bench_llm.config_of(forgiving, preset)["forgive"] is True
+    assert len({r.slug for r in (old, plus, wrapped, waiting, rs, forgiving)}) == 6
 
 
 def test_the_linear_schedule_warms_up_for_its_steps_then_decays_to_zero():
