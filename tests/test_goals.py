@@ -30,11 +30,16 @@ def test_each_goal_reads_the_runs_it_names(tmp_path, monkeypatch):
     _save(tmp_path, bench_llm.Run(4e-5, 0, "parabolic"), [(0, 5.0, ""), (300, 4.6, "")])
     _save(tmp_path, bench_llm.Run(4e-5, 0, "parabolic", **pair), [(0, 5.0, ""), (180, 4.5, "")])
 
+    forgiving = [(0, 5.0, ""), (130, 3.9, ""), (390, 3.2, "")]
+    _save(tmp_path, bench_llm.Run(2e-3, 0, forgive=True, **bench_llm.DEFAULT_0_2), forgiving)
+
     rows = goals.goals_table().splitlines()[2:]
     assert rows == [
-        "| tuned 0.002: @100% ≤ +0.3% | SmolLM2 30 steps | 0 | +3.33% | +0.20% | yes |",
-        "| tuned 0.002: ahead @25% | SmolLM2 30 steps | 0 | -2.50% | +25.00% | no |",
-        "| paper 4e-5: FLOPs saved ≥ 52% | SmolLM2 30 steps | 0 | 25% | 55% | yes |",
+        "| tuned 0.002: @100% ≤ +0.3% | SmolLM2 30 steps | 0 | +3.33% | +0.20% | yes "
+        "| +6.67% | no |",
+        "| tuned 0.002: ahead @25% | SmolLM2 30 steps | 0 | -2.50% | +25.00% | no | +25.00% | no |",
+        "| paper 4e-5: FLOPs saved ≥ 52% | SmolLM2 30 steps | 0 | 25% | 55% | yes "
+        "| not run yet |  |",
         "| no rate worse than the default @100% | SmolLM2 30 steps | 0 | rates 4e-05, 0.002 |  "
-        "| yes |",
+        "| yes |  | no: 0.002 (+3.33% of Adam's loss) (rates 0.002) |",
     ]
