@@ -344,12 +344,19 @@ PAIR = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")  # 0.2's
 LORAPLUS_RATIOS = (16.0, 4.0)  # peft's docs' and the LoRA+ paper's 16, and a milder one
 
 
+class NotRunYet(LookupError):
+    """A run whose JSON is missing, asked for with ``--tables-only``."""
+
+
 def bracketed(get: Any, start: float, **baseline: Any) -> float:
     """The rate of ``LR_SWEEP`` with the lowest final loss of the runs ``Run(lr, **baseline)``,
     walked from ``start`` until both neighbours on the grid are worse (or the grid ends)."""
 
-    def final(index: int) -> float:  # a diverged run (NaN) is the worst
-        loss = get(Run(LR_SWEEP[index], label="alone", **baseline)).final_loss
+    def final(index: int) -> float:  # a diverged run (NaN), or one not run yet, is the worst
+        try:
+            loss = get(Run(LR_SWEEP[index], label="alone", **baseline)).final_loss
+        except NotRunYet:
+            return math.inf
         return loss if loss == loss else math.inf
 
     best = LR_SWEEP.index(start)
@@ -399,6 +406,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="train nothing: write the tables of the runs already saved, leaving out the others",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, help="data order and LoRA init; not 0: under seed<N>/"
     )
     args = parser.parse_args(argv)
@@ -424,6 +436,8 @@ def main(argv: list[str] | None = None) -> None:
         if run.slug not in outcomes:
             if path.exists():
                 outcomes[run.slug] = _load(path)
+            elif args.tables_only:
+                raise NotRunYet(run.slug)
             else:
                 started = time.perf_counter()
                 outcome = train(run, base, splits, pool, args.seed)
@@ -437,28 +451,38 @@ def main(argv: list[str] | None = None) -> None:
                 )
         return replace(outcomes[run.slug], run=run)
 
+    def done(runs: list[Run]) -> list[Outcome]:
+        """The runs' outcomes, trained if missing (with ``--tables-only``: left out)."""
+        outcomes = []
+        for run in runs:
+            try:
+                outcomes.append(get(run))
+            except NotRunYet:
+                print(f"  not run yet: {run.slug}")
+        return outcomes
+
     adam = [get(Run(lr, label="Adam")) for lr in LR_SWEEP]
     tuned = min(adam, key=lambda o: o.final_loss)
     print(f"tuned lr {tuned.run.lr:g}: Adam final test loss {tuned.final_loss:.4f}", flush=True)
     if args.study in ("all", "lr"):
-        results = [get(run) for run in lr_study()]
+        results = done(lr_study())
         budget_report.write_lr_study(results, tuned, out)
         if args.seed != 0:
             _compare_with_seed_0(args.seed, results, tuned, out)
     if args.study in ("all", "search"):
-        results = [get(run) for run in search_study(tuned.run.lr)]
+        results = done(search_study(tuned.run.lr))
         budget_report.write_search_study(results, tuned, out)
     if args.study in ("all", "policy"):
-        results = [get(run) for run in policy_study(tuned.run.lr)]
+        results = done(policy_study(tuned.run.lr))
         budget_report.write_policy_study(results, out)
     if args.study in ("all", "lasting"):
-        results = [get(run) for run in lasting_study(tuned.run.lr)]
+        results = done(lasting_study(tuned.run.lr))
         budget_report.write_lasting_study(results, out)
     if args.study in ("all", "warmup"):
-        results = [get(run) for run in warmup_study(tuned.run.lr)]
+        results = done(warmup_study(tuned.run.lr))
         budget_report.write_warmup_study(results, out)
     if args.study in ("all", "peers"):
-        results = [get(run) for run in peer_study(get, tuned.run.lr)]
+        results = done(peer_study(get, tuned.run.lr))
         budget_report.write_peer_study(results, out)
 
 

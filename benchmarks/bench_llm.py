@@ -659,6 +659,11 @@ def main(argv: list[str] | None = None) -> Study:
         help="plan: the preset's own plan (default); warmup: stages under a linear warmup "
         "schedule; peers: LoRA+ and rsLoRA, alone and under Fast Forward",
     )
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="train nothing: write the tables of the runs already saved in the folder",
+    )
     args = parser.parse_args(argv)  # fmt: skip
 
     import tempfile
@@ -674,7 +679,11 @@ def main(argv: list[str] | None = None) -> Study:
         return Study(args.preset, out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{args.preset}] {PRESETS[args.preset]} -> {out}", flush=True)
-    study = run_study(args.preset, out, args.study)
+    if args.tables_only:
+        study = Study(args.preset, out)
+        study.write_tables()
+    else:
+        study = run_study(args.preset, out, args.study)
     print((out / "table.md").read_text())
     print(f"wrote {out}/table.md, {out}/loss_vs_flops.png and runs/*.json")
     return study

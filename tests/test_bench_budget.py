@@ -242,3 +242,28 @@ def test_the_peer_table_reads_every_run_against_tuned_adam(tmp_path):
     assert "Against tuned Adam (lr 0.03, final 2.0000)" in text
     assert "| alone LoRA+16 lr=0.003 | 1.9000 | 1.9000 | -5.00% |" in text
     assert "| FF LoRA+16 lr=0.003 | 1.9500 | 1.9600 | -2.50% |" in text
+
+
+def test_tables_only_trains_nothing_and_leaves_out_the_runs_not_saved(tmp_path, monkeypatch):
+    import json
+    from dataclasses import asdict
+
+    monkeypatch.setattr(bench_budget, "OUT", tmp_path)
+    monkeypatch.setattr(bench_budget, "train", lambda *args, **kwargs: pytest.fail("trained"))
+    (tmp_path / "runs").mkdir()
+    for index, lr in enumerate(bench_budget.LR_SWEEP):
+        adam = _outcome(lr, [3.0, 2.0 + abs(index - 7) / 10])  # tuned: 3e-2
+        (tmp_path / "runs" / f"{adam.run.slug}.json").write_text(json.dumps(asdict(adam)))
+    plus = _outcome(1e-2, [3.0, 1.9])
+    plus = replace(plus, run=bench_budget.Run(1e-2, label="alone", loraplus_ratio=16.0))
+    (tmp_path / "runs" / f"{plus.run.slug}.json").write_text(json.dumps(asdict(plus)))
+
+    bench_budget.main(["--study", "peers", "--tables-only"])
+    table = (tmp_path / "peer_table.md").read_text()
+    assert "Against tuned Adam (lr 0.03, final 2.0000)" in table
+    assert "| alone LoRA+16 lr=0.01 | 1.9000 | 1.9000 | -5.00% |" in table
+    assert "FF" not in table  # none saved
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
+        [f"{bench_budget.Run(lr).slug}.json" for lr in bench_budget.LR_SWEEP]
+        + [f"{plus.run.slug}.json"]
+    )

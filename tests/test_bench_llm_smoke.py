@@ -71,6 +71,17 @@ def test_every_run_records_its_provenance_and_the_steps_of_its_curve(smoke):
         assert kinds.count("before stage") == kinds.count("stage") == len(saved["taus"])
 
 
+def test_tables_only_rewrites_the_tables_from_the_saved_runs_without_a_model(smoke, tmp_path):
+    import shutil
+
+    out, _ = smoke
+    copy = tmp_path / "saved"
+    shutil.copytree(out / "runs", copy / "runs")
+    again = bench_llm.main(["--preset", "smoke", "--out", str(copy), "--tables-only"])
+    assert again._base is None  # nothing trained
+    assert (copy / "table.md").read_text() == (out / "table.md").read_text()
+
+
 def test_a_rerun_skips_runs_whose_json_matches(smoke):
     out, study = smoke
     again = bench_llm.Study("smoke", out)
