@@ -285,6 +285,8 @@ def policy_study(tuned_lr: float) -> list[Run]:
     return runs
 
 
+# 0.2's default, its cost ratio from FLOPs (a run's file name keeps the options against BASELINE)
+PAIR = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")
 LASTING_LRS = (3e-3, 1e-2)  # below the tuned lr: where the defaults' lead did not last
 
 
@@ -293,15 +295,14 @@ def lasting_study(tuned_lr: float) -> list[Run]:
     judges a stage against the last interval's training pace or the fastest one so far (and,
     with the fastest, forgives or not an unpaid stage after a paid one), at the paper's lr, the
     tuned one and the two between where the defaults ended behind Adam."""
-    pair = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")
     runs = []
     for lr in (PAPER_LR, *LASTING_LRS, tuned_lr):
         runs += [
             Run(lr, label="Adam"),
             ff(lr, "FF 0.1 defaults (step Δ)"),
-            ff(lr, "FF interval+cost-aware, last pace", pace="last", **pair),
-            ff(lr, "FF interval+cost-aware, peak pace", pace="peak", **pair),
-            ff(lr, "FF 0.2 + forgive one unpaid stage", pace="peak", forgive=True, **pair),
+            ff(lr, "FF interval+cost-aware, last pace", pace="last", **PAIR),
+            ff(lr, "FF interval+cost-aware, peak pace", pace="peak", **PAIR),
+            ff(lr, "FF 0.2 + forgive one unpaid stage", pace="peak", forgive=True, **PAIR),
         ]
     return runs
 
@@ -328,19 +329,17 @@ def warmup_study(tuned_lr: float) -> list[Run]:
     warmup to end (``warmup=WARMUP_STEPS``), under a linear and a cosine schedule, at the
     paper's lr and the tuned one. Fast Forward with Δ over the interval and ``cost_aware``
     (its cost ratio from FLOPs), the default candidate of issue 22."""
-    pair = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")
     runs = []
     for lr in (PAPER_LR, tuned_lr):
         for schedule in ("linear", "cosine"):
             runs += [
                 Run(lr, label="Adam", schedule=schedule),
-                ff(lr, "FF", schedule=schedule, **pair),
-                ff(lr, f"FF warmup={WARMUP_STEPS}", schedule=schedule, warmup=WARMUP_STEPS, **pair),
+                ff(lr, "FF", schedule=schedule, **PAIR),
+                ff(lr, f"FF warmup={WARMUP_STEPS}", schedule=schedule, warmup=WARMUP_STEPS, **PAIR),
             ]
     return runs
 
 
-PAIR = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")  # 0.2's default
 LORAPLUS_RATIOS = (16.0, 4.0)  # peft's docs' and the LoRA+ paper's 16, and a milder one
 
 

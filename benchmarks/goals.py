@@ -63,7 +63,7 @@ def _slug(setting: Setting, seed: int, lr: float, policy: str) -> str:
     if setting.model == "tiny":
         from benchmarks import bench_budget
 
-        pair = dict(delta_span="interval", cost_aware=True, cost_ratio="flops")
+        pair = bench_budget.PAIR
         return {
             "adam": bench_budget.Run(lr),
             "default": bench_budget.ff(lr, ""),

@@ -644,8 +644,11 @@ class FastForward(Optimizer):
         if self.config.cost_aware:
             self._cost.reference = (record.step, record.loss_after)
             unpaid = record.payoff is not None and record.payoff < 1
-            payoffs = [r.payoff for r in stats.history]
-            if unpaid and not self._schedule.gave_up and not _payoff.forgiven(payoffs):
+            if (
+                unpaid
+                and not self._schedule.gave_up
+                and not _payoff.forgiven([r.payoff for r in stats.history])
+            ):
                 self._give_up(record.step, "payoff")
                 log_stepped_aside(self.process_group, record)
         if self.on_stage is not None:
