@@ -152,34 +152,40 @@ class CostAwareRule:
         loss_before: float,
         loss_after: float,
         evaluations: int,
-        seconds: float,
+        pass_seconds: float,
         agree: Callable[[float], float] = float,
     ) -> tuple[float | None, float | None]:
-        """``(payoff, cost ratio)`` of the stage after ``step`` whose passes took ``seconds``.
+        """``(payoff, cost ratio)`` of the stage after ``step``, charged ``evaluations`` passes.
 
-        The payoff is :func:`stage_payoff` at :attr:`peak_pace`, first raised to the pace
-        from :attr:`reference` to ``loss_before`` if that is faster (the one mutation); the
-        ratio is ``cost_ratio``, or the measured cost
-        of a pass in training steps passed through ``agree`` (the mean over the ranks of a
-        process group: each rank has timed its own clock, and all must take the same
-        decision). Either is None when there is nothing to measure yet: no reference before
-        ``step``, or no timed training step on some rank.
+        ``pass_seconds``: the mean wall time of one of its validation passes. The payoff is
+        :func:`stage_payoff` at :attr:`peak_pace`, first raised to the pace from
+        :attr:`reference` to ``loss_before`` if that is faster (the one mutation); 0 for a
+        stage that gained nothing, with or without a reference. The ratio is ``cost_ratio``,
+        or the measured cost of a pass in training steps passed through ``agree`` (the mean
+        over the ranks of a process group: each rank has timed its own clock, and all must take
+        the same decision). Either is None when there is nothing to measure yet: no timed
+        training step on some rank (both), or no reference before ``step`` (the payoff of a
+        stage that gained).
         """
-        if self.reference is None:
-            return None, None
-        reference_step, reference_loss = self.reference
         ratio = self.cost_ratio
         if ratio is None:
             step_seconds = self.clock.seconds_per_step
-            measured = seconds / evaluations / step_seconds if step_seconds else math.nan
+            measured = pass_seconds / step_seconds if step_seconds else math.nan
             ratio = agree(measured if measured > 0 else math.nan)  # every rank calls it
             if not 0 < ratio < math.inf:
                 return None, None
-        if not math.isfinite(reference_loss) or step <= reference_step:
+        pace = None
+        if self.reference is not None:
+            reference_step, reference_loss = self.reference
+            if math.isfinite(reference_loss) and step > reference_step:
+                pace = (reference_loss - loss_before) / (step - reference_step)
+                if math.isfinite(pace):
+                    self.peak_pace = max(self.peak_pace, pace)
+        gain = loss_before - loss_after
+        if not gain > 0:
+            return 0.0, ratio
+        if pace is None:
             return None, ratio
-        pace = (reference_loss - loss_before) / (step - reference_step)
-        if math.isfinite(pace):
-            self.peak_pace = max(self.peak_pace, pace)
         if PACE == "peak":
             pace = self.peak_pace
-        return stage_payoff(loss_before - loss_after, evaluations, ratio, pace), ratio
+        return stage_payoff(gain, evaluations, ratio, pace), ratio

@@ -43,6 +43,8 @@ class StageResult:
         rejected_tau: With ``tau == 0``: the best point found, if ``min_improvement`` turned
             it down (it beat ``L_0``, by less than the margin); else ``None``.
         rejected_loss: Its loss, or ``None``.
+        loss_at_span_start: With ``run_stage(span_start=True)``, the loss at ``W_n - Δ`` (where
+            Δ's span began), evaluated only if the stage left ``W_n``; else ``None``.
     """
 
     tau: int
@@ -51,6 +53,7 @@ class StageResult:
     evaluations: int
     rejected_tau: int | None = None
     rejected_loss: float | None = None
+    loss_at_span_start: float | None = None
 
 
 @shares_args
@@ -147,11 +150,17 @@ def run_stage(
     anchor: list[Tensor] | None,
     foreach: bool,
     reversed_delta: bool = False,
+    span_start: bool = False,
 ) -> StageResult:
     """:func:`fast_forward_stage` on arguments already checked (the wrapper's hot path).
 
-    With ``reversed_delta``, ``delta`` holds ``-Δ`` (see :class:`Ray`).
+    With ``reversed_delta``, ``delta`` holds ``-Δ`` (see :class:`Ray`). With ``span_start``, a
+    stage that leaves ``W_n`` also evaluates ``W_n - Δ`` once the search is done (one more
+    pass, counted in ``evaluations``; its loss in ``loss_at_span_start``): the point Δ's span
+    began at, up to rounding, which ``cost_aware`` measures training's pace from. The landing
+    is unchanged, bitwise, also if that pass raises.
     """
+    span_loss = None
     with torch.no_grad():
         if anchor is None:
             anchor = [torch.empty_like(p) for p in params]
@@ -160,13 +169,16 @@ def run_stage(
         try:
             if math.isfinite(ray.evaluate(0)):
                 _strategy(search)(ray, max_tau, start)
+                if span_start and ray._leaves_anchor():
+                    span_loss = ray._evaluate_span_start()
         finally:
             ray._land_()
     loss_after = ray.best_loss if ray.best_loss < math.inf else ray.loss_at_anchor
     rejected_tau, rejected_loss = ray._rejected or (None, None)
     return StageResult(
-        ray.best_tau, ray.loss_at_anchor, loss_after, ray.evaluations, rejected_tau, rejected_loss
-    )
+        ray.best_tau, ray.loss_at_anchor, loss_after, ray.evaluations, rejected_tau, rejected_loss,
+        span_loss,
+    )  # fmt: skip
 
 
 class Ray:
@@ -272,13 +284,23 @@ class Ray:
         self.evaluate(tau)
         return self.best_tau == tau
 
+    def _leaves_anchor(self) -> bool:
+        """Whether the stage would land off ``W_n``: its best point clears the margin."""
+        return self._best_tau != 0 and self._clears_margin(self._best_loss)
+
+    def _evaluate_span_start(self) -> float:
+        """The loss at ``W_n - Δ``, outside the search: not cached, never a landing point."""
+        self._move_(-1)
+        self._evaluations += 1  # counted even if the call raises: its cost was paid
+        return _as_loss(self._loss(), "loss")
+
     def _land_(self) -> None:
         """Leave the parameters bitwise at the best point evaluated, or at ``W_n``.
 
         ``W_n`` if no point beat ``L_0`` by ``min_improvement``; ``best_tau`` then becomes 0.
         """
         self._landed = True
-        if self._best_tau != 0 and not self._clears_margin(self._best_loss):
+        if self._best_tau != 0 and not self._leaves_anchor():
             self._rejected = (self._best_tau, self._best_loss)
             self._best_tau, self._best_loss = 0, self._losses[0]
         self._move_(self._best_tau)

@@ -121,11 +121,14 @@ class FastForward(Optimizer):
         cost_aware: Step aside (off for good) after the first stage that bought less validation
             loss than training would have with the same compute, at the fastest pace training
             has shown; each stage's ratio of the two is ``StageRecord.payoff``
-            (``docs/algorithm.md``). It compares losses across stages, so ``val_closure`` must
-            evaluate the same data every call: ``True`` with a closure that takes ``stage`` is
-            refused, unless its attribute ``rotates`` is false (as
-            :func:`~fastforward.validation_closure`'s is without ``rotate``) (default: ``None``,
-            on unless ``val_closure`` rotates).
+            (``docs/algorithm.md``). The pace before the first stage is measured from one more
+            validation pass: with ``delta_span="interval"``, at ``W_n - Δ`` (the interval's
+            start) and only if that stage gained, so that a first stage that gains nothing
+            costs its search alone; with ``"step"``, before the interval. It compares losses
+            across stages, so ``val_closure`` must evaluate the same data every call: ``True``
+            with a closure that takes ``stage`` is refused, unless its attribute ``rotates`` is
+            false (as :func:`~fastforward.validation_closure`'s is without ``rotate``)
+            (default: ``None``, on unless ``val_closure`` rotates).
         cost_ratio: With ``cost_aware``, a validation pass's cost in training steps (e.g. the
             ratio of their FLOPs): pass it for decisions that do not depend on the machine's
             timings. ``None`` measures it from wall time, the device synchronised where each
@@ -563,6 +566,7 @@ class FastForward(Optimizer):
                 anchor=self._buffers.stage_anchor(),
                 foreach=self.foreach,
                 reversed_delta=True,
+                span_start=self._reference_at_span_start() and self._cost.reference is None,
             )
         if not math.isfinite(result.loss_before):
             loss = result.loss_before
@@ -571,9 +575,14 @@ class FastForward(Optimizer):
         before, after, passes = result.loss_before, result.loss_after, result.evaluations
         payoff = ratio = None
         if self.config.cost_aware:
+            charged = passes  # the reference's pass is the rule's cost, not the stage's
+            if result.loss_at_span_start is not None:
+                self._cost.reference = (step - self.config.delta_steps, result.loss_at_span_start)
+                charged -= 1
             payoff, ratio = self._cost.judge(
-                step, before, after, passes, progress.seconds, agree=self._mean_across_ranks
-            )
+                step, before, after, charged, progress.seconds / passes,
+                agree=self._mean_across_ranks,
+            )  # fmt: skip
         rejected = (result.rejected_tau, result.rejected_loss)
         span = self.config.delta_steps
         self._record_stage(
@@ -654,14 +663,25 @@ class FastForward(Optimizer):
         if self.on_stage is not None:
             self.on_stage(record)
 
-    def _measure_reference_if_missing(self, step: int) -> None:
-        """``cost_aware``: the validation loss after ``step``, before the first stage, if none.
+    def _reference_at_span_start(self) -> bool:
+        """Whether the first stage measures its own reference (``cost_aware``, interval Δ).
 
-        The first stage's payoff measures training's rate from it. Taken after the last warmup
-        step, so that the block ends a timed training segment on a whole iteration (or before
-        the first step, with no warmup).
+        A stage that gains evaluates ``W_n - Δ``, the interval's start, for its payoff's pace.
         """
-        if not (self.config.cost_aware and self.active) or self._cost.reference is not None:
+        return self.config.cost_aware and self.config.delta_span == "interval"
+
+    def _measure_reference_if_missing(self, step: int) -> None:
+        """``cost_aware``, Δ over the last step: the validation loss after ``step``, if none.
+
+        Before the first stage, whose payoff measures training's rate from it. Taken after the
+        last warmup step, so that the block ends a timed training segment on a whole iteration
+        (or before the first step, with no warmup).
+        """
+        if (
+            not (self.config.cost_aware and self.active)
+            or self._reference_at_span_start()
+            or self._cost.reference is not None
+        ):
             return
         self._cost.reference = (step, math.nan)  # if the pass raises: nothing to measure against
         with torch.no_grad(), self._validating():

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from reference import bitwise_equal, paper_fast_forward
 from strategies import through_disk
 
-from fastforward import _payoff
+from fastforward import FastForward, _payoff
 from fastforward._payoff import TrainingClock, stage_payoff
 
 gains = st.floats(0.0, 10.0)
@@ -127,6 +127,84 @@ def test_each_payoff_follows_the_rule_and_no_stage_runs_after_stepping_aside(
         assert bitwise_equal(model.x.detach(), bare_x.detach())
 
 
+def _interval_pair(model, lr, interval, closure=None, **options):
+    """0.2's default, Δ over the interval and ``cost_aware``, with a given cost ratio."""
+    defaults = {"delta_span": "interval", "cost_aware": True, "cost_ratio": 0.5}
+    options = {**defaults, "patience": None, "min_improvement": 0.0, **options}
+    sgd = torch.optim.SGD(model.parameters(), lr=lr)
+    return FastForward(sgd, model, closure or model.validation, interval, **options)
+
+
+@given(
+    target=st.floats(0.05, 50.0),
+    curvature=st.floats(0.1, 10.0),
+    lr=st.floats(0.01, 0.5),
+    cost_ratio=st.floats(0.01, 5.0),
+    interval=st.integers(2, 8),
+)
+def test_with_delta_over_the_interval_the_first_stage_measures_its_reference_only_if_it_gains(
+    target, curvature, lr, cost_ratio, interval
+):
+    """No pass before the first stage; one more in it, at ``W_n - Δ`` (the interval's start,
+    ``x = 0``), exactly when it leaves ``W_n``; charged to the rule, not the stage; and the same
+    landing, bitwise, as the stage without the rule."""
+    model, bare = Line(target, curvature), Line(target, curvature)
+    ff = _interval_pair(model, lr, interval, cost_ratio=cost_ratio)
+    without = _interval_pair(bare, lr, interval, cost_aware=False)
+    _train(ff, model, interval - 1)
+    assert ff.stats.evaluations == 0
+    _train(ff, model, 1)
+    _train(without, bare, interval)
+    first, plain = ff.stats.history[0], without.stats.history[0]
+    assert first.tau == plain.tau
+    assert bitwise_equal(model.x.detach(), bare.x.detach())
+    gained = first.tau > 0
+    assert first.evaluations == plain.evaluations + gained == ff.stats.evaluations
+
+    _train(ff, model, 12 * interval)
+    assert ff.stats.evaluations == sum(record.evaluations for record in ff.stats.history)
+    reference_step, reference_loss, peak = 0, curvature * target**2, 0.0
+    for index, record in enumerate(ff.stats.history):
+        pace = (reference_loss - record.loss_before) / (record.step - reference_step)
+        if index > 0 or gained:
+            peak = max(peak, pace)
+        charged = record.evaluations - (index == 0 and gained)
+        gain = record.loss_before - record.loss_after
+        assert record.payoff == stage_payoff(gain, charged, cost_ratio, peak)
+        reference_step, reference_loss = record.step, record.loss_after
+    paid = [record.payoff >= 1 for record in ff.stats.history]
+    if all(paid):
+        assert ff.stats.stages == 13
+    else:  # stepped aside at the first stage that did not pay
+        assert paid.index(False) == len(paid) - 1
+
+
+def test_a_failure_at_the_interval_start_pass_leaves_the_stage_s_landing_point(monkeypatch):
+    """The reference's pass comes after the search: if it raises, the model is where the stage
+    landed, bitwise, and the next stage measures its reference again."""
+    model, clean = Line(target=40.0, curvature=1.0), Line(target=40.0, curvature=1.0)
+    reference = _interval_pair(clean, 0.1, 4)
+    _train(reference, clean, 4)
+    assert reference.stats.history[0].tau > 0
+    calls = [0]
+
+    def failing_last() -> float:
+        calls[0] += 1
+        if calls[0] == reference.stats.evaluations:
+            raise RuntimeError("validation data went away")
+        return model.validation()
+
+    ff = _interval_pair(model, 0.1, 4, failing_last)
+    _train(ff, model, 3)
+    with pytest.raises(RuntimeError, match="went away"):
+        _train(ff, model, 1)
+    assert bitwise_equal(model.x.detach(), clean.x.detach())
+    assert ff.stats.stages == 0
+    assert ff._cost.reference is None
+    _train(ff, model, 4)
+    assert ff.stats.history[-1].payoff is not None
+
+
 def test_stages_that_pay_go_on_and_a_stage_that_does_not_steps_aside():
     """Far from the target a stage walks a long way for a few passes; close to it, it cannot."""
     model = Line(target=40.0, curvature=1.0)
@@ -183,27 +261,35 @@ def _measuring(model, closure, interval=4, warmup=0, **options):
     )
 
 
+@pytest.mark.parametrize("delta_span", ["step", "interval"])
 @pytest.mark.parametrize("warmup", [0, 1, 3])
 @pytest.mark.parametrize(("iteration", "validation_pass"), [(1.0, 1.0), (2.0, 0.5), (0.25, 4.0)])
 def test_without_a_cost_ratio_the_measured_times_set_it_exactly(
-    monkeypatch, warmup, iteration, validation_pass
+    monkeypatch, warmup, iteration, validation_pass, delta_span
 ):
-    """Each stage's payoff uses the true ratio of a pass's time to an iteration's."""
+    """Each stage's payoff uses the true ratio of a pass's time to an iteration's; the
+    reference, a pass before the interval (step Δ) or at its start (interval Δ), is the
+    same point, charged to no stage."""
     clock = _FakeTime(monkeypatch, iteration, validation_pass)
     model = Line(target=40.0, curvature=1.0)
-    ff = _measuring(model, clock.validation(model), warmup=warmup, interval=4)
+    ff = _measuring(
+        model, clock.validation(model), warmup=warmup, interval=4, delta_span=delta_span
+    )
     clock.train(ff, model, warmup + 12)
     assert ff.stats.history
     x = 0.0
     for _ in range(warmup):
         x += 0.1  # SGD on the loss -x
     reference_step, reference_loss = warmup, model.curvature * (x - model.target) ** 2
-    for record in ff.stats.history:
+    passes_in_stages = ff.stats.evaluations - (delta_span == "step")
+    assert passes_in_stages == sum(record.evaluations for record in ff.stats.history)
+    for index, record in enumerate(ff.stats.history):
         rate = (reference_loss - record.loss_before) / (record.step - reference_step)
         gain = record.loss_before - record.loss_after
         ratio = validation_pass / iteration
+        charged = record.evaluations - (index == 0 and delta_span == "interval")
         assert record.cost_ratio == ratio
-        assert record.payoff == stage_payoff(gain, record.evaluations, ratio, rate)
+        assert record.payoff == stage_payoff(gain, charged, ratio, rate)
         reference_step, reference_loss = record.step, record.loss_after
 
 
