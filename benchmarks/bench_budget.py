@@ -186,7 +186,7 @@ def train(
         if options.get("cost_ratio") == "flops":  # a validation pass's cost in training steps
             options["cost_ratio"] = outcome.val_pass_flops / outcome.train_step_flops
         optimizer = FastForward(adam, model, closure, **options)
-    scheduler = _scheduler(run.schedule, optimizer, len(batches))
+    scheduler = harness.warmup_schedule(run.schedule, optimizer, WARMUP_STEPS, len(batches))
     switches = (_payoff.PACE, _payoff.FORGIVE)
     _payoff.PACE, _payoff.FORGIVE = run.pace or _payoff.PACE, run.forgive
     try:
@@ -308,19 +308,6 @@ def lasting_study(tuned_lr: float) -> list[Run]:
 
 
 WARMUP_STEPS = 8  # a tenth of the 80 steps, as common recipes (warmup_ratio 0.03..0.1)
-
-
-def _scheduler(schedule: str, optimizer: torch.optim.Optimizer, steps: int) -> Any:
-    """transformers' linear or cosine schedule after ``WARMUP_STEPS`` of warmup, or None."""
-    if not schedule:
-        return None
-    import transformers
-
-    make = {
-        "linear": transformers.get_linear_schedule_with_warmup,
-        "cosine": transformers.get_cosine_schedule_with_warmup,
-    }[schedule]
-    return make(optimizer, WARMUP_STEPS, steps)
 
 
 def warmup_study(tuned_lr: float) -> list[Run]:

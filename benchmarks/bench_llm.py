@@ -196,17 +196,6 @@ def build(run: Run, base: Any) -> Any:
     )
 
 
-def scheduler_of(run: Run, optimizer: Any, steps: int) -> Any:
-    """transformers' linear schedule after ``WARMUP_STEPS`` of warmup, or None."""
-    if not run.schedule:
-        return None
-    import transformers
-
-    if run.schedule != "linear":
-        raise ValueError(f"schedule must be '' or 'linear', got {run.schedule!r}")
-    return transformers.get_linear_schedule_with_warmup(optimizer, WARMUP_STEPS, steps)
-
-
 def train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) -> Result:
     """Train ``run`` within its Adam budget; test every ``test_every`` steps and after stages."""
     from fastforward import _payoff
@@ -273,7 +262,7 @@ def _train(run: Run, base: Any, data: dict[str, Any], preset: dict[str, Any]) ->
             delta_span=run.delta_span,
             warmup=run.warmup,
         )
-    scheduler = scheduler_of(run, optimizer, len(batches))
+    scheduler = harness.warmup_schedule(run.schedule, optimizer, WARMUP_STEPS, len(batches))
 
     def test(kind: str) -> None:
         result.curve.append((flops_so_far(), smollm.evaluate(model, data["test"]), kind))

