@@ -592,6 +592,9 @@ LOSS_RTOL = 1e-5  # another CPU's kernels may round differently; a changed rule 
 def verify(preset_name: str, out: Path) -> bool:
     """Retrain the committed run of ``out`` with the fewest FLOPs; whether it matches its JSON.
 
+    A run counts whatever library version saved it (as in :class:`Study`): a version bump alone
+    must not leave nothing to verify.
+
     Steps, FLOPs, validation passes and τ must be equal; every test loss along the curve
     within ``LOSS_RTOL``. Prints what it compared.
     """
@@ -599,7 +602,7 @@ def verify(preset_name: str, out: Path) -> bool:
     saved = {}
     for path in sorted((out / "runs").glob("*.json")):
         result = _from_json(json.loads(path.read_text()))
-        if result.config == config_of(result.run, study.preset):
+        if _same_run(result.config, config_of(result.run, study.preset)):
             saved[result.run] = result
     if not saved:
         print(f"verify: no committed run of the {preset_name} preset in {out}/runs")

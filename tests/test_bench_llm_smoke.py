@@ -142,6 +142,10 @@ def test_verify_reruns_the_cheapest_run_and_fails_on_a_changed_result(smoke, tmp
     out, study = smoke
     copy = tmp_path / "committed"
     shutil.copytree(out / "runs", copy / "runs")
+    for path in (copy / "runs").glob("*.json"):  # saved by an older version of the library
+        older = json.loads(path.read_text())
+        older["config"]["fastforward"] = "0.0.1"
+        path.write_text(json.dumps(older))
     bench_llm.main(["--preset", "smoke", "--out", str(copy), "--verify"])
     assert "verify: OK" in capsys.readouterr().out
 
