@@ -80,7 +80,9 @@ def fast_forward_stage(
     ``params`` end **bitwise** at the best point evaluated (``W_n`` itself if nothing beat the
     loss there), also when ``loss`` raises, in which case the exception propagates. Runs under
     ``torch.no_grad()``; a non-finite loss at ``W_n`` ends the stage at once with ``tau == 0``.
-    :class:`~fastforward.FastForward` runs exactly this after its scheduled steps.
+    :class:`~fastforward.FastForward` runs exactly this after its scheduled steps (its first
+    stage that leaves ``W_n`` with ``cost_aware`` and Δ over the interval adds one pass at
+    ``W_n - Δ``, after the search).
 
     Args:
         params: Tensors holding ``W_n``; moved in place. A tensor listed more than once is
