@@ -43,3 +43,16 @@ def test_each_goal_reads_the_runs_it_names(tmp_path, monkeypatch):
         "| no rate worse than the default @100% | SmolLM2 30 steps | 0 | rates 4e-05, 0.002 |  "
         "| yes |  | no: 0.002 (+3.33% of Adam's loss) (rates 0.002) |",
     ]
+
+
+def test_the_versions_line_names_each_policy_s_library_versions(tmp_path, monkeypatch):
+    setting = goals.Setting("SmolLM2 30 steps", 2e-3, {0: tmp_path})
+    monkeypatch.setattr(goals, "SETTINGS", (setting,))
+    pair = bench_llm.Run(2e-3, 0, **bench_llm.DEFAULT_0_2)
+    for run, version in ((bench_llm.Run(2e-3), "0.1.0"), (pair, "0.2.1")):
+        saved = {"run": {"lr": run.lr}, "curve": [], "provenance": {"fastforward": version}}
+        (tmp_path / f"{run.slug}.json").write_text(json.dumps(saved))
+    (tmp_path / f"{bench_llm.Run(4e-5, 0, **bench_llm.DEFAULT_0_2).slug}.json").write_text(
+        json.dumps({"run": {"lr": 4e-5}, "curve": []})  # saved before provenance existed
+    )
+    assert goals.versions() == "adam: 0.1.0; pair: 0.2.1, unrecorded"
