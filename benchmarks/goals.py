@@ -108,7 +108,11 @@ def versions() -> str:
     made: dict[str, set[str]] = {}
     for setting in SETTINGS:
         for (_, _, policy), saved in _saved(setting).items():
-            version = saved.get("provenance", {}).get("fastforward", "unrecorded")
+            version = (  # bench_llm's runs before provenance kept it in their config
+                saved.get("provenance", {}).get("fastforward")
+                or saved.get("config", {}).get("fastforward")
+                or "unrecorded"
+            )
             made.setdefault(policy, set()).add(version)
     return "; ".join(f"{policy}: {', '.join(sorted(made[policy]))}" for policy in sorted(made))
 

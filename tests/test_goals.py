@@ -55,4 +55,6 @@ def test_the_versions_line_names_each_policy_s_library_versions(tmp_path, monkey
     (tmp_path / f"{bench_llm.Run(4e-5, 0, **bench_llm.DEFAULT_0_2).slug}.json").write_text(
         json.dumps({"run": {"lr": 4e-5}, "curve": []})  # saved before provenance existed
     )
-    assert goals.versions() == "adam: 0.1.0; pair: 0.2.1, unrecorded"
+    old = {"run": {"lr": 4e-5}, "curve": [], "config": {"fastforward": "0.0.9"}}
+    (tmp_path / f"{bench_llm.Run(4e-5).slug}.json").write_text(json.dumps(old))
+    assert goals.versions() == "adam: 0.0.9, 0.1.0; pair: 0.2.1, unrecorded"
