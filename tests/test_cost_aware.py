@@ -179,7 +179,7 @@ def test_with_delta_over_the_interval_the_first_stage_measures_its_reference_onl
         assert paid.index(False) == len(paid) - 1
 
 
-def test_a_failure_at_the_interval_start_pass_leaves_the_stage_s_landing_point(monkeypatch):
+def test_a_failure_at_the_interval_start_pass_leaves_the_stage_s_landing_point():
     """The reference's pass comes after the search: if it raises, the model is where the stage
     landed, bitwise, and the next stage measures its reference again."""
     model, clean = Line(target=40.0, curvature=1.0), Line(target=40.0, curvature=1.0)
@@ -203,6 +203,29 @@ def test_a_failure_at_the_interval_start_pass_leaves_the_stage_s_landing_point(m
     assert ff._cost.reference is None
     _train(ff, model, 4)
     assert ff.stats.history[-1].payoff is not None
+
+
+def test_a_nan_at_the_interval_start_leaves_the_stage_unjudged_and_the_next_one_judged():
+    """A reference that is not a number judges nothing (no payoff, no stepping aside); the
+    landing is the stage's, bitwise, and the next stage is judged from it."""
+    model, clean = Line(target=40.0, curvature=1.0), Line(target=40.0, curvature=1.0)
+    reference = _interval_pair(clean, 0.1, 4)
+    _train(reference, clean, 8)
+    first = reference.stats.history[0]
+    assert first.tau > 0
+    calls = [0]
+
+    def nan_at_the_start() -> float:
+        calls[0] += 1
+        return math.nan if calls[0] == first.evaluations else model.validation()
+
+    ff = _interval_pair(model, 0.1, 4, nan_at_the_start)
+    _train(ff, model, 4)
+    assert ff.stats.history[0].payoff is None
+    assert ff.active
+    _train(ff, model, 4)
+    assert bitwise_equal(model.x.detach(), clean.x.detach())
+    assert ff.stats.history[1].payoff == reference.stats.history[1].payoff
 
 
 def test_stages_that_pay_go_on_and_a_stage_that_does_not_steps_aside():
