@@ -131,7 +131,9 @@ class CostAwareRule:
         cost_ratio: A validation pass's cost in training steps; ``None`` measures it with
             :attr:`clock`.
         reference: The last measured ``(optimizer step, validation loss)``: the previous
-            stage's landing, or the pass before the first stage; ``None`` before that.
+            stage's landing; before it, the pass before the first interval (Δ over the last
+            step) or the first stage's pass at ``W_n - Δ`` (Δ over the interval, set by the
+            wrapper before it judges that stage); ``None`` before that.
         clock: Training's wall time, stages left out (used when ``cost_ratio`` is ``None``).
         peak_pace: The fastest pace measured so far (``0.0`` before the first).
     """

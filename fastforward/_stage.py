@@ -43,8 +43,9 @@ class StageResult:
         rejected_tau: With ``tau == 0``: the best point found, if ``min_improvement`` turned
             it down (it beat ``L_0``, by less than the margin); else ``None``.
         rejected_loss: Its loss, or ``None``.
-        loss_at_span_start: With ``run_stage(span_start=True)``, the loss at ``W_n - Δ`` (where
-            Δ's span began), evaluated only if the stage left ``W_n``; else ``None``.
+        loss_at_span_start: The loss at ``W_n - Δ`` (where Δ's span began), evaluated for
+            the wrapper's ``cost_aware`` rule only if the stage left ``W_n``; always ``None``
+            from :func:`fast_forward_stage`.
     """
 
     tau: int
@@ -158,9 +159,10 @@ def run_stage(
 
     With ``reversed_delta``, ``delta`` holds ``-Δ`` (see :class:`Ray`). With ``span_start``, a
     stage that leaves ``W_n`` also evaluates ``W_n - Δ`` once the search is done (one more
-    pass, counted in ``evaluations``; its loss in ``loss_at_span_start``): the point Δ's span
-    began at, up to rounding, which ``cost_aware`` measures training's pace from. The landing
-    is unchanged, bitwise, also if that pass raises.
+    pass, counted in ``evaluations``; its loss in ``loss_at_span_start``): where Δ's span began,
+    up to rounding, for the tensors Δ moves (buffers and frozen weights stay as they are), which
+    ``cost_aware`` measures training's pace from. The landing is unchanged, bitwise, also if
+    that pass raises.
     """
     span_loss = None
     with torch.no_grad():

@@ -17,7 +17,10 @@ class StageRecord:
             0 means even ``tau = 1`` did not improve the validation loss.
         loss_before: Validation loss at ``W_n``, before the stage.
         loss_after: Validation loss at the point the stage landed on; never above ``loss_before``.
-        evaluations: Number of ``val_closure`` calls the stage made, including the one at ``W_n``.
+        evaluations: Number of ``val_closure`` calls the stage made, including the one at ``W_n``
+            (and, for the first stage that leaves ``W_n`` with ``cost_aware`` and Δ over the
+            interval, the one at ``W_n - Δ`` that measures the reference, which ``payoff`` does
+            not charge to the stage).
         seconds: Wall time of the stage, evaluations included.
         rejected_tau: With ``tau == 0``: the best point found, if ``min_improvement`` turned
             it down; else ``None``.

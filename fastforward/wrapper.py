@@ -566,7 +566,7 @@ class FastForward(Optimizer):
                 anchor=self._buffers.stage_anchor(),
                 foreach=self.foreach,
                 reversed_delta=True,
-                span_start=self._reference_at_span_start() and self._cost.reference is None,
+                span_start=self._first_reference_is_due(),
             )
         if not math.isfinite(result.loss_before):
             loss = result.loss_before
@@ -669,6 +669,17 @@ class FastForward(Optimizer):
         A stage that gains evaluates ``W_n - Δ``, the interval's start, for its payoff's pace.
         """
         return self.config.cost_aware and self.config.delta_span == "interval"
+
+    def _first_reference_is_due(self) -> bool:
+        """Whether this stage, if it gains, measures the reference at ``W_n - Δ``.
+
+        Only while there is none, and a pass's cost is known (given, or a timed training
+        segment to measure it against): else the pass would buy nothing, and the stage is
+        left unjudged.
+        """
+        clock = self._cost.clock
+        measurable = not self._cost.measures_time or clock.running or clock.steps > 0
+        return self._reference_at_span_start() and self._cost.reference is None and measurable
 
     def _measure_reference_if_missing(self, step: int) -> None:
         """``cost_aware``, Δ over the last step: the validation loss after ``step``, if none.

@@ -181,11 +181,12 @@ def test_with_delta_over_the_interval_the_first_stage_measures_its_reference_onl
 
 def test_a_failure_at_the_interval_start_pass_leaves_the_stage_s_landing_point():
     """The reference's pass comes after the search: if it raises, the model is where the stage
-    landed, bitwise, and the next stage measures its reference again."""
+    landed, bitwise, and the next stage measures its reference again, from there."""
     model, clean = Line(target=40.0, curvature=1.0), Line(target=40.0, curvature=1.0)
-    reference = _interval_pair(clean, 0.1, 4)
+    reference = _interval_pair(clean, 0.1, 4, max_tau=2)  # short stages: the next one gains too
     _train(reference, clean, 4)
     assert reference.stats.history[0].tau > 0
+    landing_loss = clean.validation()
     calls = [0]
 
     def failing_last() -> float:
@@ -194,7 +195,7 @@ def test_a_failure_at_the_interval_start_pass_leaves_the_stage_s_landing_point()
             raise RuntimeError("validation data went away")
         return model.validation()
 
-    ff = _interval_pair(model, 0.1, 4, failing_last)
+    ff = _interval_pair(model, 0.1, 4, failing_last, max_tau=2)
     _train(ff, model, 3)
     with pytest.raises(RuntimeError, match="went away"):
         _train(ff, model, 1)
@@ -202,30 +203,75 @@ def test_a_failure_at_the_interval_start_pass_leaves_the_stage_s_landing_point()
     assert ff.stats.stages == 0
     assert ff._cost.reference is None
     _train(ff, model, 4)
-    assert ff.stats.history[-1].payoff is not None
+    (second,) = ff.stats.history
+    assert second.tau > 0
+    pace = (landing_loss - second.loss_before) / 4  # from the interval's start: the landing
+    gain = second.loss_before - second.loss_after
+    assert second.payoff == stage_payoff(gain, second.evaluations - 1, 0.5, pace)
 
 
 def test_a_nan_at_the_interval_start_leaves_the_stage_unjudged_and_the_next_one_judged():
-    """A reference that is not a number judges nothing (no payoff, no stepping aside); the
-    landing is the stage's, bitwise, and the next stage is judged from it."""
+    """A reference that is not a number judges nothing (no payoff, no stepping aside, no pace
+    kept); the landing is the stage's, bitwise, and the next stage is judged from it."""
     model, clean = Line(target=40.0, curvature=1.0), Line(target=40.0, curvature=1.0)
-    reference = _interval_pair(clean, 0.1, 4)
+    reference = _interval_pair(clean, 0.1, 4, max_tau=2)
     _train(reference, clean, 8)
-    first = reference.stats.history[0]
+    first, following = reference.stats.history
     assert first.tau > 0
+    assert following.tau > 0
     calls = [0]
 
     def nan_at_the_start() -> float:
         calls[0] += 1
         return math.nan if calls[0] == first.evaluations else model.validation()
 
-    ff = _interval_pair(model, 0.1, 4, nan_at_the_start)
+    ff = _interval_pair(model, 0.1, 4, nan_at_the_start, max_tau=2)
     _train(ff, model, 4)
     assert ff.stats.history[0].payoff is None
     assert ff.active
     _train(ff, model, 4)
     assert bitwise_equal(model.x.detach(), clean.x.detach())
-    assert ff.stats.history[1].payoff == reference.stats.history[1].payoff
+    second = ff.stats.history[1]
+    pace = (first.loss_after - second.loss_before) / 4  # the first stage's pace is unknown
+    gain = second.loss_before - second.loss_after
+    assert second.payoff == stage_payoff(gain, second.evaluations, 0.5, pace)
+    assert second.payoff != following.payoff  # the clean run judged it at the first's pace
+
+
+def test_a_gain_the_margin_turns_down_measures_no_reference():
+    """``min_improvement`` rejects the best point: the stage stays at ``W_n``, gained nothing
+    (payoff 0) and spent no pass at the interval's start."""
+    model, bare = Line(target=0.60004, curvature=1.0), Line(target=0.60004, curvature=1.0)
+    ff = _interval_pair(model, 0.1, 4, min_improvement=1e-3)
+    without = _interval_pair(bare, 0.1, 4, min_improvement=1e-3, cost_aware=False)
+    _train(ff, model, 4)
+    _train(without, bare, 4)
+    (record,) = ff.stats.history
+    assert (record.tau, record.rejected_tau) == (0, 1)
+    assert record.evaluations == without.stats.history[0].evaluations
+    assert record.payoff == 0.0
+    assert ff.stats.gave_up_because == "payoff"
+
+
+def test_a_checkpoint_inside_the_first_interval_resumes_bitwise():
+    """Saved before the first stage (no reference yet, the interval's snapshot held): the
+    resumed run measures the same reference and takes the same decisions, bit for bit."""
+    model = Line(target=40.0, curvature=1.0)
+    ff = _interval_pair(model, 0.1, 4, max_tau=2)
+    _train(ff, model, 2)
+    saved = through_disk({"model": model.state_dict(), "optim": ff.state_dict()})
+    assert saved["optim"]["fastforward"]["reference"] is None
+    _train(ff, model, 14)
+
+    other = Line(target=40.0, curvature=1.0)
+    other.load_state_dict(saved["model"])
+    resumed = _interval_pair(other, 0.1, 4, max_tau=2)
+    resumed.load_state_dict(saved["optim"])
+    _train(resumed, other, 14)
+    assert len(ff.stats.history) > 1
+    assert [r.payoff for r in resumed.stats.history] == [r.payoff for r in ff.stats.history]
+    assert resumed.stats.evaluations == ff.stats.evaluations
+    assert bitwise_equal(other.x.detach(), model.x.detach())
 
 
 def test_stages_that_pay_go_on_and_a_stage_that_does_not_steps_aside():
@@ -453,3 +499,20 @@ def test_the_benchmarks_forgive_switch_forgives_one_unpaid_stage_after_a_paid_on
     assert not _payoff.forgiven(payoffs)  # off: the library's rule
     monkeypatch.setattr(_payoff, "FORGIVE", True)
     assert _payoff.forgiven(payoffs) is forgiven
+
+
+def test_no_reference_pass_while_a_pass_s_cost_cannot_be_measured(monkeypatch):
+    """Measured cost, first stage after step 1 (``interval=1``): no training has been timed, so
+    the stage cannot be judged and spends no pass on a reference; the next one is judged."""
+    clock = _FakeTime(monkeypatch, iteration=1.0, validation_pass=0.5)
+    model, bare = Line(target=40.0, curvature=1.0), Line(target=40.0, curvature=1.0)
+    ff = _measuring(model, clock.validation(model), interval=1, delta_span="interval")
+    plain = _interval_pair(bare, 0.1, 1, cost_aware=False, cost_ratio=None)
+    clock.train(ff, model, 1)
+    _train(plain, bare, 1)
+    first = ff.stats.history[0]
+    assert first.tau > 0
+    assert first.payoff is None
+    assert first.evaluations == plain.stats.history[0].evaluations
+    clock.train(ff, model, 1)
+    assert ff.stats.history[1].payoff is not None
