@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -55,7 +57,7 @@ def test_ddp_ranks_agree_on_every_stage_and_end_bitwise_identical(tmp_path):
     assert all(bitwise_equal(a, b) for a, b in zip(rank0["params"], rank1["params"], strict=True))
 
 
-def _cost_aware_worker(rank: int) -> dict:
+def _cost_aware_worker(rank: int, delta_span: str = "step") -> dict:
     """On rank 1's clock each validation pass takes 50 ms more: the ranks time other ratios."""
     import time
 
@@ -74,7 +76,9 @@ def _cost_aware_worker(rank: int) -> dict:
         return torch.nn.functional.mse_loss(ddp(x_val), y_val)
 
     adam = torch.optim.Adam(ddp.parameters(), lr=1e-2)
-    ff = paper_fast_forward(adam, ddp, val_closure, 3, patience=None, cost_aware=True)
+    ff = paper_fast_forward(
+        adam, ddp, val_closure, 3, patience=None, cost_aware=True, delta_span=delta_span
+    )
     for _ in range(STEPS):
         time.sleep(0.005)  # an iteration's data loading
         torch.nn.functional.mse_loss(ddp(x_train), y_train).backward()
@@ -90,8 +94,10 @@ def _cost_aware_worker(rank: int) -> dict:
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
-def test_ranks_with_different_clocks_agree_on_every_payoff(tmp_path):
-    rank0, rank1 = run_on_ranks(_cost_aware_worker, WORLD, tmp_path)
+@pytest.mark.parametrize("delta_span", ["step", "interval"])  # a pass before, or in, a stage
+def test_ranks_with_different_clocks_agree_on_every_payoff(tmp_path, delta_span):
+    worker = functools.partial(_cost_aware_worker, delta_span=delta_span)
+    rank0, rank1 = run_on_ranks(worker, WORLD, tmp_path)
 
     passes = rank0["evaluations"]
     assert rank1["stage_seconds"] > rank0["stage_seconds"] + 0.04 * passes  # their clocks differ
