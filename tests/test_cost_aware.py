@@ -61,6 +61,15 @@ class Line(torch.nn.Module):
         return self.curvature * (self.x.item() - self.target) ** 2
 
 
+# The rest of a scripted run on a Line: its curvature, SGD's rate, a pass's cost, the interval.
+LINE_RUNS = dict(
+    curvature=st.floats(0.1, 10.0),
+    lr=st.floats(0.01, 0.5),
+    cost_ratio=st.floats(0.01, 5.0),
+    interval=st.integers(2, 8),
+)
+
+
 def _train(ff, model, steps):
     for _ in range(steps):
         ff.zero_grad()
@@ -68,13 +77,7 @@ def _train(ff, model, steps):
         ff.step()
 
 
-@given(
-    target=st.floats(0.5, 50.0),
-    curvature=st.floats(0.1, 10.0),
-    lr=st.floats(0.01, 0.5),
-    cost_ratio=st.floats(0.01, 5.0),
-    interval=st.integers(2, 8),
-)
+@given(target=st.floats(0.5, 50.0), **LINE_RUNS)
 def test_each_payoff_follows_the_rule_and_no_stage_runs_after_stepping_aside(
     target, curvature, lr, cost_ratio, interval
 ):
@@ -135,13 +138,7 @@ def _interval_pair(model, lr, interval, closure=None, **options):
     return FastForward(sgd, model, closure or model.validation, interval, **options)
 
 
-@given(
-    target=st.floats(0.05, 50.0),
-    curvature=st.floats(0.1, 10.0),
-    lr=st.floats(0.01, 0.5),
-    cost_ratio=st.floats(0.01, 5.0),
-    interval=st.integers(2, 8),
-)
+@given(target=st.floats(0.05, 50.0), **LINE_RUNS)
 def test_with_delta_over_the_interval_the_first_stage_measures_its_reference_only_if_it_gains(
     target, curvature, lr, cost_ratio, interval
 ):
