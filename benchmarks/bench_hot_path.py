@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stage_library_seconds": summary(library),
         "stage_validation_passes": passes,
         "moves_per_second": summary(moves),
+        "provenance": harness.provenance(
+            f"random-init Llama, hidden {args.hidden}, {args.layers} layers, LoRA r=8"
+        ),
     }
     out = args.out or LOCAL_RESULTS / f"hot_path-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

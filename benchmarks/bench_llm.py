@@ -38,8 +38,8 @@ Presets (times on the 2-core machine):
   check; its own plan
   (``run_converged_study``): Adam's tuned rate bracketed on a grid of factors of 2 from 1e-3,
   then Adam and the default at the tuned and the paper's rates (two seeds), 0.1's default at
-  the same, and a recipe rate (2e-4, seed 0): 28 min a run on the idle 2-core machine, 50-90 beside other work. Writes
-  ``benchmarks/results/llm_converged/``.
+  the same, and a recipe rate (2e-4, seed 0): 28 min a run on the idle 2-core machine, 50-90
+  beside other work. Writes ``benchmarks/results/llm_converged/``.
 - ``smoke``: 16 train / 4 test / 4 validation examples of 16 tokens, batch 4, 8 steps (one
   stage), one learning rate, no seed 1, no DoRA, the converged preset's train loss and
   diagnosis: under a minute, most of it loading the model.

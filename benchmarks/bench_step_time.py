@@ -85,6 +85,7 @@ def main() -> None:
         ),
         "val32_forward": lambda: lm.evaluate(lora, splits.val),
     }
+    made_by = harness.provenance(harness.TINY_MODEL)
     rows = []
     for name, fn in cases.items():
         median, iqr = time_it(fn, args.burn_in, args.iters)
@@ -97,6 +98,7 @@ def main() -> None:
                 "median_s": f"{median:.4f}",
                 "iqr_s": f"{iqr:.4f}",
                 "trainable_params": trainable,
+                **made_by,
             }
         )
         print(

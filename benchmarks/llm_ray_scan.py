@@ -58,9 +58,12 @@ def main() -> None:
         smollm.lm_loss(model, batch).backward()
         ff.step()
         ff.zero_grad()
+    from benchmarks.bench_llm import MODEL
+
     out = OUT / "ray_scan.txt"
-    out.write_text("\n".join(lines) + "\n")
-    print(lines[0], f"\nwrote {out}")
+    header = f"# {json.dumps(harness.provenance(MODEL))}"
+    out.write_text("\n".join([header, *lines]) + "\n")
+    print(header, lines[0], f"wrote {out}", sep="\n")
 
 
 if __name__ == "__main__":

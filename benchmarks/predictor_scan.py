@@ -40,6 +40,15 @@ OUT = harness.RESULTS / "predictor"
 RATES = {"tiny": (4e-5, 3e-2), "SmolLM2": (4e-5, 2e-3)}  # the paper's, the tuned (results.md)
 
 
+def model_of(model_name: str) -> str:
+    """The model a run of ``RATES`` trains, as its provenance names it."""
+    if model_name == "tiny":
+        return harness.TINY_MODEL
+    from benchmarks import bench_llm
+
+    return bench_llm.MODEL
+
+
 @dataclass
 class StageRow:
     model: str
@@ -166,16 +175,19 @@ def main() -> None:
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "scan.json"
-    done: dict[str, list[dict[str, Any]]] = json.loads(path.read_text()) if path.exists() else {}
+    # {run: {"provenance": harness.provenance(...), "stages": [StageRow as a dict, ...]}}
+    done: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
     for model_name, rates in RATES.items():
         for lr in rates:
             for seed in (0, 1):
                 key = f"{model_name} lr={lr:g} seed={seed}"
                 if key not in done:
-                    done[key] = [asdict(row) for row in scan(model_name, lr, seed)]
+                    made_by = harness.provenance(model_of(model_name))
+                    stages = [asdict(row) for row in scan(model_name, lr, seed)]
+                    done[key] = {"provenance": made_by, "stages": stages}
                     path.write_text(json.dumps(done, indent=1))
-                    print(f"{key}: {len(done[key])} stages", flush=True)
-    rows = [StageRow(**row) for runs in done.values() for row in runs]
+                    print(f"{key}: {len(stages)} stages", flush=True)
+    rows = [StageRow(**row) for run in done.values() for row in run["stages"]]
     (OUT / "scan.md").write_text(table(rows) + "\n")
     print(table(rows))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -68,7 +69,8 @@ def test_the_hot_path_benchmark_runs_on_the_cpu(tmp_path):
     out = tmp_path / "hot_path.json"
     sizes = ["--hidden", "64", "--layers", "2", "--vocab", "128", "--context", "16"]
     report = bench_hot_path.main(["--device", "cpu", *sizes, "--repeats", "4", "--out", str(out)])
-    assert out.exists()
+    assert json.loads(out.read_text()) == report
+    assert report["provenance"]["model"] == "random-init Llama, hidden 64, 2 layers, LoRA r=8"
     assert report["lora_tensors"] == 2 * 14
     assert report["moves_per_second"]["median"] > 0
     assert 0 < report["stage_library_seconds"]["median"] < report["stage_seconds"]["median"]
