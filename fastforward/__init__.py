@@ -14,4 +14,4 @@ __all__ = [
     "fast_forward_stage",
     "validation_closure",
 ]
-__version__ = "0.2.1"
+__version__ = "0.2.2"

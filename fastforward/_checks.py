@@ -52,10 +52,22 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> i
 
 
 def _check_float(name: str, value: object) -> float:
-    """``value`` as a ``float``; any real type but ``bool`` is accepted."""
+    """``value`` as a ``float``; any real type but ``bool`` is accepted.
+
+    A value too large for a float (an ``int`` like ``10**400``) becomes ``±inf``, which the
+    callers' range checks then refuse by name.
+    """
     if _is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"fastforward: {name} must be a float, got {type(value).__name__}")
-    return float(value)
+    return _saturated_float(value)
+
+
+def _saturated_float(value: numbers.Real) -> float:
+    """``float(value)``, or ``±inf`` where it overflows (Python ints and fractions do)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
 
 
 def _check_cost_ratio(cost_ratio: object) -> float | None:
@@ -99,7 +111,7 @@ def _check_max_tau_ratio(max_tau_ratio: object) -> float | None:
             "fastforward: max_tau_ratio must be a float or None, "
             f"got {type(max_tau_ratio).__name__}"
         )
-    value = float(max_tau_ratio)
+    value = _saturated_float(max_tau_ratio)
     if not 0.0 < value < math.inf:
         raise ValueError(f"fastforward: max_tau_ratio must be positive and finite, got {value}")
     return value
@@ -126,7 +138,7 @@ def _checked_loss(value: object, name: str) -> float | Tensor:
             raise TypeError(f"fastforward: {name} returned a {value.dtype} tensor, not a loss")
         return value
     if isinstance(value, numbers.Real) and not _is_bool(value):
-        return float(value)
+        return _saturated_float(value)
     raise TypeError(
         f"fastforward: {name} must return a Python number or a 0-dim tensor, "
         f"got {type(value).__name__}"
@@ -259,12 +271,31 @@ def _check_closure_signature(val_closure: Callable[..., object]) -> bool:
 
 
 def _check_owned_by(params: list[Tensor], model: nn.Module) -> None:
-    """A stage evaluates ``model``, so it must move the model's own tensors.
+    """A stage evaluates ``model``, so it must move the model's own tensors, in place.
 
     Fails when the optimizer was built on another copy of the model, or holds copies of its
-    own, e.g. the flat fp32 partitions that DeepSpeed ZeRO copies into the model after a step.
+    own, e.g. the flat fp32 partitions that DeepSpeed ZeRO copies into the model after a step
+    (``RuntimeError``); or when a tensor has no dense data to move: a sparse layout
+    (``TypeError``) or the meta device (``ValueError``).
     """
-    owned = {id(p) for p in model.parameters()}
+    names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+    for p in params:
+        name = names.get(id(p))
+        if name is None:
+            continue
+        if p.layout != torch.strided:
+            raise TypeError(
+                f"fastforward: parameter {name!r} of `model` has layout {p.layout}; a stage "
+                "moves dense (torch.strided) tensors only: keep it out of the optimizer, or "
+                "freeze it (requires_grad=False)"
+            )
+        if p.device.type == "meta":
+            raise ValueError(
+                f"fastforward: parameter {name!r} of `model` is on the meta device (it has no "
+                "data); materialise the model (e.g. to_empty() and load its weights) before "
+                "training it"
+            )
+    owned = names.keys()
     strangers = sum(id(p) not in owned for p in params)
     if strangers:
         raise RuntimeError(

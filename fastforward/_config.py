@@ -98,6 +98,11 @@ class Config:
         """``name=value, ...`` in the order of the signature, the search by its name."""
         return ", ".join(f"{name}={value!r}" for name, value in self._named_fields().items())
 
+    def changes_to(self, other: Config) -> dict[str, tuple[Any, Any]]:
+        """``{name: (self's value, other's)}`` for each field that differs, searches by name."""
+        mine, theirs = self._named_fields(), other._named_fields()
+        return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
+
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint entry: plain values, the search by its name (see ``_search_name``)."""
         saved = self._named_fields()

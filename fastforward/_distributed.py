@@ -17,6 +17,16 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+def _check_process_group(group: object) -> Any:
+    """``None`` (the default group) or a ``torch.distributed.ProcessGroup``; else ``TypeError``."""
+    if group is None or (dist.is_available() and isinstance(group, dist.ProcessGroup)):
+        return group
+    raise TypeError(
+        "fastforward: process_group must be None (the default group) or a "
+        f"torch.distributed.ProcessGroup, got {type(group).__name__}"
+    )
+
+
 def _world(group: Any) -> int:
     """Number of ranks to agree with: 1 when torch.distributed is not in use."""
     if not (dist.is_available() and dist.is_initialized()):

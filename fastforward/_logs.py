@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,4 +127,17 @@ def log_no_wrapper_entry(group: Any, entry: str, stats: FastForwardStats, active
         stats.optimizer_steps,
         stats.stages,
         "active" if active else "off",
+    )
+
+
+def log_settings_replaced(group: Any, replaced: Mapping[str, tuple[object, object]]) -> None:
+    """WARNING: a loaded checkpoint's settings replaced others the wrapper was built with."""
+    log(
+        group,
+        logging.WARNING,
+        "the loaded state_dict replaces settings this FastForward was built with, so that the "
+        "run goes on as it was saved: %s; to keep this wrapper's settings (and its own "
+        "counters), load the state_dict without its 'fastforward' entry; `enabled` may also "
+        "be set after loading",
+        ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in replaced.items()),
     )

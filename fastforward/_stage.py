@@ -18,6 +18,7 @@ from torch import Tensor
 from fastforward._checks import (
     MAX_TAU_LIMIT,
     _as_loss,
+    _check_bool,
     _check_int,
     _check_min_improvement,
     _check_tau,
@@ -137,7 +138,7 @@ def fast_forward_stage(
         min_improvement=min_improvement,
         start=start,
         anchor=anchor,
-        foreach=True if foreach is None else foreach,
+        foreach=True if foreach is None else _check_bool("foreach", foreach),
     )
 
 
@@ -314,15 +315,21 @@ class Ray:
         return loss <= l0 - self._min_improvement * abs(l0)
 
     def _move_(self, tau: int) -> None:
+        """Write ``W_n + tau * Δ`` into the parameters.
+
+        Under ``no_grad`` whatever the loss left on: a closure that switched gradients on
+        must not stop a landing.
+        """
         if self._position == tau:
             return
         self._position = None
-        _set_point_(
-            self._params,
-            self._anchor,
-            self._delta,
-            tau,
-            foreach=self._foreach,
-            reversed_delta=self._reversed_delta,
-        )
+        with torch.no_grad():
+            _set_point_(
+                self._params,
+                self._anchor,
+                self._delta,
+                tau,
+                foreach=self._foreach,
+                reversed_delta=self._reversed_delta,
+            )
         self._position = tau

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastforward._checks import _check_int
+from fastforward._checks import _check_int, _checked_loss
 from fastforward._modes import _eval_mode
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -48,8 +48,27 @@ class ValidationClosure:
         compute = self.loss_fn or _model_output_loss
         with torch.no_grad(), _eval_mode(self.model):
             group = self.groups[stage % len(self.groups)]
-            losses = [compute(self.model, batch).detach().float() for batch in group]
+            losses = [_batch_loss(compute(self.model, batch)) for batch in group]
         return torch.stack(losses).mean()
+
+
+def _batch_loss(value: object) -> Tensor:
+    """One batch's loss as a 0-dim float tensor (``TypeError`` naming ``loss_fn`` if none).
+
+    From a one-element real tensor or a real number.
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise TypeError(
+                "fastforward: loss_fn must return the batch's mean loss (a 0-dim tensor), got "
+                f"a tensor of shape {tuple(value.shape)}; reduce it, e.g. with .mean() (a "
+                "loss built with reduction='none' returns one loss per example)"
+            )
+        value = value.detach().reshape(())
+    checked = _checked_loss(value, "loss_fn")
+    if isinstance(checked, Tensor):
+        return checked.float()
+    return torch.tensor(checked, dtype=torch.float32)
 
 
 def validation_closure(

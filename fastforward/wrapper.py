@@ -28,6 +28,7 @@ from fastforward._checks import (
 )
 from fastforward._config import Config, Schedule
 from fastforward._distributed import (
+    _check_process_group,
     _collective_device,
     _max_across_ranks,
     _mean_across_ranks,
@@ -40,6 +41,7 @@ from fastforward._logs import (
     log,
     log_no_wrapper_entry,
     log_out_of_patience,
+    log_settings_replaced,
     log_stage,
     log_stepped_aside,
 )
@@ -205,6 +207,10 @@ class FastForward(Optimizer):
             )
         _check_kinds(optimizer, model, val_closure, on_stage)
         assert val_closure is not None  # for mypy: _check_kinds refuses None
+        enabled = _check_bool("enabled", enabled)
+        foreach = True if foreach is None else _check_bool("foreach", foreach)
+        keep_buffers = _check_bool("keep_buffers", keep_buffers)
+        process_group = _check_process_group(process_group)
         _refuse_deferred_parameter_updates(optimizer)
         _refuse_flat_parameter_sharding(model)
         refuse_second_wrapper(optimizer)
@@ -242,13 +248,12 @@ class FastForward(Optimizer):
             )
         _check_owned_by(trainable, model)
         self.model, self.val_closure, self.on_stage = model, val_closure, on_stage
+        self._closure_rotates = rotates
         self.config = config
         self._schedule = Schedule.start(config)
         self._buffers = StageBuffers()
         self.enabled = enabled
-        self.foreach = True if foreach is None else foreach
-        self.keep_buffers = _check_bool("keep_buffers", keep_buffers)
-        self.process_group = process_group
+        self.foreach, self.keep_buffers, self.process_group = foreach, keep_buffers, process_group
         self.stats = FastForwardStats()
         self._cost = CostAwareRule(config.cost_ratio)
         self._in_stage = False  # a stage is running: step() and the wrapped step must not
@@ -369,6 +374,16 @@ class FastForward(Optimizer):
             super().add_param_group(param_group)
             return
         self._refuse_during_stage("add_param_group()")
+        params = param_group.get("params") if isinstance(param_group, dict) else None
+        if isinstance(params, Tensor):
+            listed = [params]
+        elif params is None or isinstance(params, set):  # the wrapped optimizer says why
+            listed = []
+        else:  # any other iterable, read once here: the wrapped optimizer gets the list
+            listed = list(params)
+            param_group = {**param_group, "params": listed}
+        trains = [p for p in listed if isinstance(p, Tensor) and p.requires_grad]
+        _check_owned_by(trains, self.model)  # before the wrapped optimizer holds them
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
@@ -403,8 +418,16 @@ class FastForward(Optimizer):
         :meth:`load_wrapper_state_dict` loaded them since the last step (as
         ``fastforward.dcp.WrapperState`` does inside ``torch.distributed.checkpoint.load``).
 
+        The entry's settings (every field of ``config``, and ``enabled``) replace those the
+        wrapper was built with, as a torch optimizer's saved ``param_groups`` replace its
+        learning rates, so that the run goes on as it was saved; a WARNING names each one
+        that differs. To keep the wrapper's own, load the dict without its ``"fastforward"``
+        entry (the wrapper then keeps its own counters too: a new one counts from step 0).
+
         Raises:
-            ValueError: the ``"fastforward"`` entry is malformed; nothing is loaded then.
+            ValueError: the ``"fastforward"`` entry is malformed, or was saved with
+                ``cost_aware=True`` while this wrapper's ``val_closure`` takes ``stage`` (the
+                constructor's rule); nothing is loaded then.
         """
         self._refuse_during_stage("load_state_dict()")
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -457,21 +480,39 @@ class FastForward(Optimizer):
     def load_wrapper_state_dict(self, state: dict[str, Any]) -> None:
         """Load a dict from :meth:`wrapper_state_dict`; the wrapped optimizer is not touched.
 
+        Its settings replace the wrapper's, as in :meth:`load_state_dict`.
+
         Raises:
-            ValueError: ``state`` is malformed; nothing is changed then.
+            ValueError: ``state`` is malformed or breaks the constructor's rules (see
+                :meth:`load_state_dict`); nothing is changed then.
         """
         self._refuse_during_stage("load_wrapper_state_dict()")
         self._set_wrapper_state(self._parsed_wrapper_state(state))
         self._wrapper_state_just_loaded = True
 
     def _parsed_wrapper_state(self, saved: object) -> WrapperState:
-        """The checked entry (``ValueError`` if malformed), nothing loaded yet."""
+        """The checked entry, nothing loaded yet.
+
+        ``ValueError`` if it is malformed or breaks a rule of the constructor.
+        """
         parsed = WrapperState.from_dict(saved, self.config.search)
+        if parsed.config.cost_aware and self._closure_rotates:
+            raise ValueError(
+                "fastforward: the state_dict was saved with cost_aware=True, but this "
+                "wrapper's val_closure takes `stage` (it may rotate the validation data), so "
+                "its losses could come from different data; load it into a wrapper whose "
+                "val_closure does not take `stage`"
+            )
         if parsed.snapshot is not None:
             check_restorable(self._trainable_params(), parsed.snapshot[1])
         return parsed
 
     def _set_wrapper_state(self, saved: WrapperState) -> None:
+        replaced = self.config.changes_to(saved.config)
+        if saved.enabled != self.enabled:
+            replaced["enabled"] = (self.enabled, saved.enabled)
+        if replaced:
+            log_settings_replaced(self.process_group, replaced)
         self.config, self._schedule, self.stats = saved.config, saved.schedule, saved.stats
         # The saved clock goes on; its running segment does not (timed again from the next step).
         clock = TrainingClock(*saved.training_clock) if saved.training_clock else TrainingClock()
@@ -692,6 +733,7 @@ class FastForward(Optimizer):
             not (self.config.cost_aware and self.active)
             or self._reference_at_span_start()
             or self._cost.reference is not None
+            or not self._trainable_params()  # nothing trains: measured once something does
         ):
             return
         self._cost.reference = (step, math.nan)  # if the pass raises: nothing to measure against

@@ -13,7 +13,7 @@ import torch
 from reference import bitwise_equal, paper_fast_forward
 from strategies import Quadratic, fixed_quadratic, through_disk, train
 
-from fastforward import fast_forward_stage, validation_closure
+from fastforward import FastForward, fast_forward_stage, validation_closure
 
 INTERVAL = 3
 
@@ -560,3 +560,215 @@ def test_keep_buffers_false_frees_them_after_each_stage_and_changes_no_bit():
     assert runs[True][1] == runs[False][1]
     assert len(runs[True][1]) == 3
     assert bitwise_equal(runs[True][0], runs[False][0])
+
+
+# 15. Settings a checkpoint brings, and the rules they must still keep.
+
+
+def _trained_checkpoint(**options):
+    model = Quadratic(fixed_quadratic())
+    adam = torch.optim.Adam([model.x], lr=0.02)
+    ff = FastForward(adam, model, lambda: float(model()), 2, **options)
+    train(model, ff, 5)
+    return through_disk(ff.state_dict()), ff
+
+
+def test_a_checkpoint_s_settings_replace_the_constructor_s_and_a_warning_names_each(caplog):
+    saved, ff = _trained_checkpoint(patience=None)
+    model = Quadratic(fixed_quadratic())
+    other = FastForward(
+        torch.optim.Adam([model.x], lr=0.02), model, lambda: float(model()), 3, max_tau=8,
+        search="linear", enabled=False,
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="fastforward"):
+        other.load_state_dict(saved)
+    assert other.config == ff.config
+    assert other.enabled is True
+    (warning,) = [r.getMessage() for r in caplog.records if "replaces settings" in r.getMessage()]
+    for change in ("interval 3 -> 2", "max_tau 8 -> 1000", "search 'linear' -> 'parabolic'",
+                   "patience 3 -> None", "enabled False -> True"):  # fmt: skip
+        assert change in warning
+    assert "warmup" not in warning  # the same on both sides
+
+    caplog.clear()
+    same = Quadratic(fixed_quadratic())
+    resumed = FastForward(
+        torch.optim.Adam([same.x], lr=0.02), same, lambda: float(same()), 2, patience=None
+    )
+    with caplog.at_level("WARNING", logger="fastforward"):
+        resumed.load_state_dict(saved)
+    assert not caplog.records
+
+
+def test_a_cost_aware_checkpoint_is_refused_by_a_wrapper_whose_closure_takes_stage():
+    saved, _ = _trained_checkpoint(cost_aware=True, cost_ratio=0.5)
+    model = Quadratic(fixed_quadratic())
+    adam = torch.optim.Adam([model.x], lr=0.02)
+    rotating = FastForward(adam, model, lambda stage=0: float(model()), 2)
+    assert rotating.cost_aware is False  # the constructor's rule: the data may rotate
+    before = copy.deepcopy((adam.state_dict(), rotating.wrapper_state_dict()))
+    with pytest.raises(ValueError, match=r"saved with cost_aware=True.*takes `stage`"):
+        rotating.load_state_dict(saved)
+    with pytest.raises(ValueError, match="saved with cost_aware=True"):
+        rotating.load_wrapper_state_dict(saved["fastforward"])
+    assert (adam.state_dict(), rotating.wrapper_state_dict()) == before  # nothing loaded
+
+
+# 16. Tensors a stage cannot move, and groups added later.
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: torch.randn(3, 3).to_sparse(), TypeError, "'w' of `model` has layout"),
+        (lambda: torch.empty(3, 3, device="meta"), ValueError, "'w' of `model` is on the meta"),
+    ],
+)
+def test_a_tensor_without_dense_data_is_refused_naming_it(make, error, message):
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(make())
+    model.v = torch.nn.Parameter(torch.ones(2))
+    sgd = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
+    with pytest.raises(error, match=message):
+        FastForward(sgd([model.w, model.v]), model, lambda: 0.0)
+    ff = FastForward(sgd([model.v]), model, lambda: 0.0)
+    with pytest.raises(error, match=message):
+        ff.add_param_group({"params": [model.w]})
+    assert len(ff.param_groups) == 1  # nothing added
+    model.w.requires_grad_(False)
+    ff.add_param_group({"params": model.w})  # frozen: never moved, so accepted
+    model.w.requires_grad_(True)
+    model.v.grad = torch.ones(2)
+    with pytest.raises(error, match=message):  # before the step: nothing has changed
+        ff.step()
+    assert torch.equal(model.v.detach(), torch.ones(2))
+
+
+def test_a_group_of_another_model_s_tensors_is_refused_before_the_optimizer_holds_it():
+    model = Quadratic(fixed_quadratic())
+    adam = torch.optim.Adam([model.x], lr=0.02)
+    ff = paper_fast_forward(adam, model, lambda: float(model()), 2, patience=None)
+    stranger = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(RuntimeError, match="not parameters of `model`"):
+        ff.add_param_group({"params": iter([stranger]), "lr": 0.1})
+    assert len(adam.param_groups) == 1
+    train(model, ff, 4)  # training goes on, with its stages
+    assert ff.stats.stages == 2
+    ff.add_param_group({"params": iter([model.frozen])})  # an iterator, read once: kept
+    assert adam.param_groups[-1]["params"] == [model.frozen]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"delta_span": "step", "cost_aware": True, "cost_ratio": 0.5},
+        {"delta_span": "interval", "cost_aware": True, "cost_ratio": 0.5},
+        {"delta_span": "step", "cost_aware": False},
+    ],
+)
+def test_a_model_frozen_before_its_first_step_steps_like_the_bare_optimizer(policy):
+    model = Quadratic(fixed_quadratic())
+    adam = torch.optim.Adam([model.x], lr=0.02)
+    ff = FastForward(adam, model, lambda: float(model()), 2, **policy)
+    start = model.x.detach().clone()
+    model.x.requires_grad_(False)  # e.g. adapters held back for a warmup phase
+    for _ in range(3):
+        ff.step()
+    assert bitwise_equal(model.x.detach(), start)
+    assert not adam.state
+    assert (ff.stats.skipped_stages, ff.stats.evaluations) == (1, 0)
+    model.x.requires_grad_(True)
+    train(model, ff, 6)
+    assert ff.stats.stages >= 1  # once it trains again, judged if cost_aware
+    assert (ff.stats.history[0].payoff is not None) == policy["cost_aware"]
+
+
+# 17. A closure that leaves gradients switched on.
+
+
+def test_a_closure_that_switches_gradients_on_still_lands_on_the_best_point():
+    w = torch.nn.Parameter(torch.zeros(1))
+    model = torch.nn.Module()
+    model.w = w
+    losses = iter([1.0, 0.5, 2.0])  # τ = 0, 1 (the best), 2
+
+    def leaky():
+        loss = next(losses)
+        if loss == 2.0:
+            torch.set_grad_enabled(True)
+        return loss
+
+    ff = paper_fast_forward(
+        torch.optim.SGD([w], lr=1.0), model, leaky, 1, search="linear", min_improvement=0.0
+    )
+    w.grad = torch.tensor([-1.0])
+    try:
+        ff.step()  # W_n = 1, Δ = 1: linear search evaluates τ = 1 and 2, lands on τ = 1
+    finally:
+        torch.set_grad_enabled(True)
+    assert torch.equal(w.detach(), torch.tensor([2.0]))
+    assert ff.stats.history[-1].tau == 1
+
+
+# 18. Arguments of the wrong kind or out of range, whatever their type.
+
+
+@pytest.mark.parametrize("value", ["no", 1, 0.0])
+def test_foreach_must_be_a_bool_or_none(value):
+    model = Quadratic(fixed_quadratic())
+    with pytest.raises(TypeError, match="foreach must be a bool"):
+        FastForward(torch.optim.Adam([model.x]), model, lambda: 0.0, foreach=value)
+    with pytest.raises(TypeError, match="foreach must be a bool"):
+        fast_forward_stage([torch.zeros(1)], [torch.ones(1)], lambda: 0.0, foreach=value)
+    numpy_false = FastForward(torch.optim.Adam([model.x]), model, lambda: 0.0, foreach=np.False_)
+    assert numpy_false.foreach is False  # a numpy bool is stored as the plain bool
+
+
+@pytest.mark.parametrize("argument", ["cost_ratio", "max_tau_ratio", "min_improvement"])
+def test_an_int_too_large_for_a_float_is_refused_naming_the_argument(argument):
+    model = Quadratic(fixed_quadratic())
+    with pytest.raises(ValueError, match=f"{argument} must .*got inf"):
+        FastForward(torch.optim.Adam([model.x]), model, lambda: 0.0, **{argument: 10**400})
+
+
+def test_a_loss_too_large_for_a_float_counts_as_infinite_and_is_never_landed_on():
+    w = torch.zeros(1)
+    losses = iter([5, 10**400, -(10**400)])
+    result = fast_forward_stage(
+        [w], [torch.ones(1)], lambda: next(losses), search="linear", max_tau=2
+    )
+    assert (result.tau, result.loss_before, result.loss_after) == (0, 5.0, 5.0)
+    assert torch.equal(w, torch.zeros(1))
+
+
+@pytest.mark.parametrize("group", ["nonsense", 5, torch.zeros(1)])
+def test_process_group_must_be_a_process_group(group):
+    model = Quadratic(fixed_quadratic())
+    with pytest.raises(TypeError, match=r"process_group must be None .* got"):
+        FastForward(torch.optim.Adam([model.x]), model, lambda: 0.0, process_group=group)
+    FastForward(torch.optim.Adam([model.x]), model, lambda: 0.0)  # nothing half-registered
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "error", "message"),
+    [
+        (lambda model, batch: None, TypeError, "loss_fn must return a Python number"),
+        (lambda model, batch: "0.5", TypeError, "loss_fn must return a Python number"),
+        (lambda model, batch: model(batch) ** 2, TypeError, "shape \\(4, 1\\).*reduction='none'"),
+    ],
+)
+def test_validation_closure_names_loss_fn_when_it_returns_no_loss(loss_fn, error, message):
+    model = torch.nn.Linear(3, 1)
+    closure = validation_closure(model, [torch.ones(4, 3)], loss_fn)
+    with pytest.raises(error, match=message):
+        closure()
+
+
+def test_validation_closure_takes_python_numbers_and_one_element_tensors_as_losses():
+    model = torch.nn.Linear(3, 1)
+    values = iter([0.25, torch.tensor([0.75]), np.float64(2.0)])
+    closure = validation_closure(model, [1, 2, 3], lambda m, b: next(values))
+    loss = closure()
+    assert loss.shape == ()
+    assert loss.dtype == torch.float32
+    assert loss.item() == 1.0  # (0.25 + 0.75 + 2.0) / 3, exact in float32
