@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any
 
@@ -46,11 +47,23 @@ class BaseStepGuard:
             wrapper._before_base_step()
 
 
-def refuse_second_wrapper(optimizer: Optimizer) -> None:
-    for hook in optimizer._optimizer_step_pre_hooks.values():
-        if isinstance(hook, BaseStepGuard) and hook.wrapper() is not None:
-            raise ValueError(
-                "fastforward: optimizer is already wrapped by another FastForward that is still "
-                "alive; two wrappers would each run stages. Use the existing wrapper, or drop "
-                "every reference to it first"
+def supersede_other_wrappers(optimizer: Optimizer, wrapper: Any) -> None:
+    """Make ``wrapper`` the only one of ``optimizer``: older live wrappers stop working.
+
+    As when a notebook cell that builds the wrapper runs again while the name still holds the
+    last one: the new wrapper wins, and the old one's ``step()`` raises from then on (two
+    wrappers stepped together would each run stages). A ``UserWarning`` says so.
+    """
+    hooks = optimizer._optimizer_step_pre_hooks
+    for key, hook in list(hooks.items()):
+        if not isinstance(hook, BaseStepGuard) or hook.wrapper() is wrapper:
+            continue
+        old = hook.wrapper()
+        del hooks[key]
+        if old is not None:
+            old._supersede()
+            warnings.warn(
+                "fastforward: optimizer was already wrapped by another FastForward; the new "
+                "wrapper replaces it, and the old one's step() now raises",
+                stacklevel=3,
             )

@@ -48,7 +48,7 @@ from fastforward._logs import (
 from fastforward._modes import _eval_mode
 from fastforward._payoff import CostAwareRule, TrainingClock, synchronize
 from fastforward._search import DEFAULT_SEARCH, SearchStrategy
-from fastforward._sharing import BaseStepGuard, SharedContainer, refuse_second_wrapper
+from fastforward._sharing import BaseStepGuard, SharedContainer, supersede_other_wrappers
 from fastforward._stage import DEFAULT_MIN_IMPROVEMENT, run_stage
 from fastforward._stats import FastForwardStats, StageRecord
 
@@ -213,7 +213,6 @@ class FastForward(Optimizer):
         process_group = _check_process_group(process_group)
         _refuse_deferred_parameter_updates(optimizer)
         _refuse_flat_parameter_sharding(model)
-        refuse_second_wrapper(optimizer)
         self._closure_takes_stage = _check_closure_signature(val_closure)
         rotates = getattr(val_closure, "rotates", self._closure_takes_stage)
         if cost_aware is None:  # the default: on, unless the validation data may change
@@ -263,6 +262,8 @@ class FastForward(Optimizer):
         # set_optimizer_state_dict, after WrapperState) lacks the entry by design.
         self._wrapper_state_just_loaded = False
         self._progress = StageProgress(0.0, next_report=_logs.PROGRESS_SECONDS)
+        self._superseded = False
+        supersede_other_wrappers(optimizer, self)  # once nothing above can fail
         self._guard_base_steps()
         _run_stages_eagerly()
 
@@ -537,7 +538,17 @@ class FastForward(Optimizer):
                     distinct.setdefault(id(p), p)
         return list(distinct.values())
 
+    def _supersede(self) -> None:
+        """Another wrapper of the same optimizer was built: refuse to change anything from now."""
+        self._superseded = True
+        self._free_buffers()
+
     def _refuse_during_stage(self, what: str) -> None:
+        if self.__dict__.get("_superseded"):
+            raise RuntimeError(
+                f"fastforward: {what} was called on a FastForward that a newer FastForward of "
+                "the same optimizer replaced; use the newer one"
+            )
         if self.__dict__.get("_in_stage"):
             raise RuntimeError(
                 f"fastforward: {what} was called during a Fast Forward stage (from val_closure?); "

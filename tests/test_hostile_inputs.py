@@ -403,15 +403,41 @@ def test_an_optimizer_built_on_a_copy_of_the_model_is_refused_at_construction():
         paper_fast_forward(torch.optim.Adam([other.x]), model, lambda: float(model()))
 
 
-def test_a_second_live_wrapper_is_refused_and_a_dropped_one_is_not():
+def test_a_second_wrapper_replaces_a_live_one_whose_step_then_raises():
+    model = Quadratic(fixed_quadratic())
+    adam = torch.optim.Adam([model.x], lr=0.02)
+    first = paper_fast_forward(adam, model, lambda: float(model()), 2, patience=None)
+    train(model, first, 3)
+    with pytest.warns(UserWarning, match="already wrapped by another FastForward"):
+        # a notebook cell run again: `first` is still alive while the new one is built
+        second = paper_fast_forward(adam, model, lambda: float(model()), 2, patience=None)
+    at = model.x.detach().clone()
+    for call in (first.step, lambda: first.add_param_group({"params": []}),
+                 lambda: first.load_state_dict(second.state_dict())):  # fmt: skip
+        with pytest.raises(RuntimeError, match="a newer FastForward of the same optimizer"):
+            call()
+    assert bitwise_equal(model.x.detach(), at)
+    assert len(adam.param_groups) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only the new wrapper steps it: no direct-step warning
+        train(model, second, 4)
+    assert (second.stats.optimizer_steps, second.stats.stages) == (4, 2)
+    assert first.stats.optimizer_steps == 3
+
+
+def test_a_wrapper_built_while_a_failed_one_holds_the_optimizer_replaces_nothing():
     model = Quadratic(fixed_quadratic())
     adam = torch.optim.Adam([model.x])
     first = paper_fast_forward(adam, model, lambda: float(model()))
-    with pytest.raises(ValueError, match="already wrapped by another FastForward"):
-        paper_fast_forward(adam, model, lambda: float(model()))
+    with pytest.raises(ValueError, match="interval"):
+        paper_fast_forward(adam, model, lambda: float(model()), interval=0)
+    train(model, first, 1)  # the invalid one took nothing over
+    assert first.stats.optimizer_steps == 1
     del first
     gc.collect()
-    second = paper_fast_forward(adam, model, lambda: float(model()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a dropped wrapper is replaced silently
+        second = paper_fast_forward(adam, model, lambda: float(model()))
     assert second.optimizer is adam
 
 
