@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=30, help="timed repeats (default: 30)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     args = parser.parse_args(argv)
+    # Taken before the run: the code that runs, whatever is committed while it does.
+    model_name = f"random-init Llama, hidden {args.hidden}, {args.layers} layers, LoRA r=8"
+    made_by = harness.provenance(model_name)
 
     import torch
 
@@ -158,9 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stage_library_seconds": summary(library),
         "stage_validation_passes": passes,
         "moves_per_second": summary(moves),
-        "provenance": harness.provenance(
-            f"random-init Llama, hidden {args.hidden}, {args.layers} layers, LoRA r=8"
-        ),
+        "provenance": made_by,
     }
     out = args.out or LOCAL_RESULTS / f"hot_path-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

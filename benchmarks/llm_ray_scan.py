@@ -30,12 +30,14 @@ def main() -> None:
     import torch
 
     from benchmarks import smollm
+    from benchmarks.bench_llm import MODEL
     from fastforward import FastForward
     from fastforward.functional import parabolic_search
 
     if not RUN.exists():
         raise FileNotFoundError(f"llm_ray_scan: no {RUN}; run `python benchmarks/bench_llm.py`")
     config = json.loads(RUN.read_text())["config"]
+    header = f"# {json.dumps(harness.provenance(MODEL))}"  # before the run: the code that runs
     torch.set_num_threads(1)
     sizes = ("n_train", "n_test", "n_val", "context")
     data = smollm.finetune_splits(**{k: config[k] for k in sizes})
@@ -58,10 +60,7 @@ def main() -> None:
         smollm.lm_loss(model, batch).backward()
         ff.step()
         ff.zero_grad()
-    from benchmarks.bench_llm import MODEL
-
     out = OUT / "ray_scan.txt"
-    header = f"# {json.dumps(harness.provenance(MODEL))}"
     out.write_text("\n".join([header, *lines]) + "\n")
     print(header, lines[0], f"wrote {out}", sep="\n")
 

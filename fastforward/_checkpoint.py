@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fastforward._checks import _check_int, _is_bool
+from fastforward._checks import _check_float, _check_int, _is_bool
 from fastforward._config import Config, Schedule, _saved_bool
 from fastforward._search import SearchStrategy
 from fastforward._stats import FastForwardStats
@@ -92,7 +92,7 @@ class WrapperState:
             snapshot = _saved_snapshot(state.get("interval_snapshot"), config, stats)
             clock = _saved_clock(state.get("training_clock"))
             peak_pace = _saved_pace(state.get("peak_pace", 0.0 if config.cost_aware else None))
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise ValueError(
                 f"fastforward: the {WRAPPER!r} entry of the state_dict is malformed: {error!r}"
             ) from error
@@ -104,9 +104,10 @@ def _saved_pace(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"peak_pace must be a number or None, got {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"peak_pace must be a finite number >= 0, got {value!r}")
-    return float(value)
+    pace = _check_float("peak_pace", value)  # an int too large for a float: inf, refused
+    if not (math.isfinite(pace) and pace >= 0):
+        raise ValueError(f"peak_pace must be a finite number >= 0, got {pace!r}")
+    return pace
 
 
 def _saved_reference(value: object) -> tuple[int, float] | None:
@@ -118,7 +119,7 @@ def _saved_reference(value: object) -> tuple[int, float] | None:
     step, loss = value
     if _is_bool(loss) or not isinstance(loss, (int, float)):
         raise TypeError(f"reference loss must be a number, got {loss!r}")
-    return _check_int("reference", step, 0), float(loss)
+    return _check_int("reference", step, 0), _check_float("reference loss", loss)
 
 
 def _saved_clock(value: object) -> tuple[float, int] | None:
@@ -128,9 +129,12 @@ def _saved_clock(value: object) -> tuple[float, int] | None:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise TypeError(f"training_clock must be [seconds, steps] or None, got {value!r}")
     seconds, steps = value
-    if _is_bool(seconds) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+    if _is_bool(seconds) or not isinstance(seconds, (int, float)):
         raise ValueError(f"training_clock seconds must be a finite number >= 0, got {seconds!r}")
-    return float(seconds), _check_int("training_clock steps", steps, 0)
+    elapsed = _check_float("training_clock seconds", seconds)
+    if not 0 <= elapsed < math.inf:
+        raise ValueError(f"training_clock seconds must be a finite number >= 0, got {elapsed!r}")
+    return elapsed, _check_int("training_clock steps", steps, 0)
 
 
 def _saved_snapshot(

@@ -270,7 +270,7 @@ def _check_closure_signature(val_closure: Callable[..., object]) -> bool:
     return takes_stage
 
 
-def _check_owned_by(params: list[Tensor], model: nn.Module) -> None:
+def _check_owned_by(params: list[Tensor], model: nn.Module, whose: str = "the optimizer's") -> None:
     """A stage evaluates ``model``, so it must move the model's own tensors, in place.
 
     Fails when the optimizer was built on another copy of the model, or holds copies of its
@@ -299,7 +299,7 @@ def _check_owned_by(params: list[Tensor], model: nn.Module) -> None:
     strangers = sum(id(p) not in owned for p in params)
     if strangers:
         raise RuntimeError(
-            f"fastforward: {strangers} of the optimizer's {len(params)} trainable tensors are not "
+            f"fastforward: {strangers} of {whose} {len(params)} trainable tensors are not "
             "parameters of `model`, so a stage would move tensors that `model` does not use. "
             "Build the optimizer on this model's parameters (not on a copy, nor before "
             "get_peft_model or deepcopy); optimizers that keep master copies (DeepSpeed ZeRO) "

@@ -46,26 +46,27 @@ class ValidationClosure:
     def __call__(self, stage: int = 0) -> Tensor:
         """The unweighted mean of the per-batch losses of group ``stage mod groups``."""
         compute = self.loss_fn or _model_output_loss
+        source = "the model's forward (its output's .loss)" if self.loss_fn is None else "loss_fn"
         with torch.no_grad(), _eval_mode(self.model):
             group = self.groups[stage % len(self.groups)]
-            losses = [_batch_loss(compute(self.model, batch)) for batch in group]
+            losses = [_batch_loss(compute(self.model, batch), source) for batch in group]
         return torch.stack(losses).mean()
 
 
-def _batch_loss(value: object) -> Tensor:
-    """One batch's loss as a 0-dim float tensor (``TypeError`` naming ``loss_fn`` if none).
+def _batch_loss(value: object, source: str) -> Tensor:
+    """One batch's loss as a 0-dim float tensor; ``source`` names what returned it.
 
-    From a one-element real tensor or a real number.
+    A real number or a real tensor; a tensor of several elements (per-example losses, or the
+    per-replica losses of ``nn.DataParallel``) is averaged. ``TypeError`` or ``ValueError``
+    naming ``source`` otherwise.
     """
     if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise TypeError(
-                "fastforward: loss_fn must return the batch's mean loss (a 0-dim tensor), got "
-                f"a tensor of shape {tuple(value.shape)}; reduce it, e.g. with .mean() (a "
-                "loss built with reduction='none' returns one loss per example)"
-            )
-        value = value.detach().reshape(())
-    checked = _checked_loss(value, "loss_fn")
+        if value.numel() == 0:
+            raise ValueError(f"fastforward: {source} returned an empty tensor, not a loss")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"fastforward: {source} returned a {value.dtype} tensor, not a loss")
+        value = value.detach().float().mean()
+    checked = _checked_loss(value, source)
     if isinstance(checked, Tensor):
         return checked.float()
     return torch.tensor(checked, dtype=torch.float32)
@@ -90,7 +91,9 @@ def validation_closure(
             ``[batch]`` for one batch of 32 examples, as the model takes them. Dict batches
             (Hugging Face style) are passed as ``model(**batch)``. A single dict or tensor is
             refused: iterating it would give its keys or rows.
-        loss_fn: ``loss_fn(model, batch) -> 0-dim tensor``. Default: ``model(**batch).loss``.
+        loss_fn: ``loss_fn(model, batch) -> loss``, a 0-dim tensor or a number (a tensor of
+            several losses, per example or per ``DataParallel`` replica, is averaged).
+            Default: ``model(**batch).loss``.
         rotate: If given, ``batches`` is a larger held-out pool cut into consecutive groups of
             ``rotate`` batches (a remainder is dropped), and stage ``k`` is judged on group
             ``k mod groups``: each group stays tiny, but stages stop fitting the same few

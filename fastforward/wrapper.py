@@ -312,8 +312,10 @@ class FastForward(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        # The wrapped optimizer's own __getstate__ dropped its hooks, our guard among them.
-        self._guard_base_steps()
+        # The wrapped optimizer's own __getstate__ dropped its hooks, our guard among them; a
+        # copy of a replaced wrapper stays replaced and guards nothing.
+        if not self.__dict__.get("_superseded"):
+            self._guard_base_steps()
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -380,11 +382,11 @@ class FastForward(Optimizer):
             listed = [params]
         elif params is None or isinstance(params, set):  # the wrapped optimizer says why
             listed = []
-        else:  # any other iterable, read once here: the wrapped optimizer gets the list
-            listed = list(params)
-            param_group = {**param_group, "params": listed}
-        trains = [p for p in listed if isinstance(p, Tensor) and p.requires_grad]
-        _check_owned_by(trains, self.model)  # before the wrapped optimizer holds them
+        else:  # any other iterable, read once: as torch does, the caller's dict gets the list
+            listed = param_group["params"] = list(params)
+        tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in listed]  # names
+        trains = [p for p in tensors if isinstance(p, Tensor) and p.requires_grad]
+        _check_owned_by(trains, self.model, "the new group's")  # before the optimizer holds them
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
@@ -427,8 +429,8 @@ class FastForward(Optimizer):
 
         Raises:
             ValueError: the ``"fastforward"`` entry is malformed, or was saved with
-                ``cost_aware=True`` while this wrapper's ``val_closure`` takes ``stage`` (the
-                constructor's rule); nothing is loaded then.
+                ``cost_aware=True`` while this wrapper's ``val_closure`` may rotate its data
+                (the constructor's rule); nothing is loaded then.
         """
         self._refuse_during_stage("load_state_dict()")
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -500,9 +502,9 @@ class FastForward(Optimizer):
         if parsed.config.cost_aware and self._closure_rotates:
             raise ValueError(
                 "fastforward: the state_dict was saved with cost_aware=True, but this "
-                "wrapper's val_closure takes `stage` (it may rotate the validation data), so "
-                "its losses could come from different data; load it into a wrapper whose "
-                "val_closure does not take `stage`"
+                "wrapper's val_closure may rotate the validation data (it takes `stage`, and "
+                "no `rotates` attribute says otherwise), so its losses could come from "
+                "different data; load it into a wrapper whose val_closure does not rotate"
             )
         if parsed.snapshot is not None:
             check_restorable(self._trainable_params(), parsed.snapshot[1])

@@ -332,6 +332,9 @@ def test_disabling_frees_the_stage_buffers():
         (lambda e: e.update(failed_stages_in_a_row=-1), "failed_stages_in_a_row must be >= 0"),
         (lambda e: e.update(last_tau=2.0), "last_tau must be an int"),
         (lambda e: e["hyperparameters"].update(interval=np.int64(3).item() + 0.5), "interval"),
+        (lambda e: e.update(peak_pace=10**400), "peak_pace must be a finite number"),
+        (lambda e: e.update(training_clock=[10**400, 2]), "training_clock seconds must be"),
+        (lambda e: e.update(reference=[2, "4.0"]), "reference loss must be a number"),
     ],
 )
 def test_a_malformed_wrapper_entry_is_refused_naming_the_field_and_changes_nothing(corrupt, field):
@@ -423,6 +426,20 @@ def test_a_second_wrapper_replaces_a_live_one_whose_step_then_raises():
         train(model, second, 4)
     assert (second.stats.optimizer_steps, second.stats.stages) == (4, 2)
     assert first.stats.optimizer_steps == 3
+
+
+def test_a_copy_of_a_replaced_wrapper_stays_replaced_and_leaves_the_new_one_alone():
+    model = Quadratic(fixed_quadratic())
+    adam = torch.optim.Adam([model.x], lr=0.02)
+    first = paper_fast_forward(adam, model, lambda: float(model()), 2)
+    with pytest.warns(UserWarning, match="already wrapped"):
+        second = paper_fast_forward(adam, model, lambda: float(model()), 2)
+    shallow, deep = copy.copy(first), copy.deepcopy(first)
+    for replaced in (shallow, deep):
+        with pytest.raises(RuntimeError, match="a newer FastForward"):
+            replaced.step()
+    train(model, second, 2)  # the live wrapper is not refused because of the copies
+    assert second.stats.stages == 1
 
 
 def test_a_wrapper_built_while_a_failed_one_holds_the_optimizer_replaces_nothing():
@@ -678,10 +695,21 @@ def test_a_group_of_another_model_s_tensors_is_refused_before_the_optimizer_hold
     with pytest.raises(RuntimeError, match="not parameters of `model`"):
         ff.add_param_group({"params": iter([stranger]), "lr": 0.1})
     assert len(adam.param_groups) == 1
+    other = torch.nn.Linear(2, 1)
+    with pytest.raises(RuntimeError, match="1 of the new group's 2 trainable tensors"):
+        ff.add_param_group({"params": [model.frozen.requires_grad_(True), other.weight]})
+    model.frozen.requires_grad_(False)
+    if "param_names" in adam.param_groups[0]:  # torch >= 2.6 takes (name, tensor) pairs too
+        with pytest.raises(RuntimeError, match="not parameters of `model`"):
+            ff.add_param_group({"params": list(other.named_parameters())})
+    assert len(adam.param_groups) == 1
     train(model, ff, 4)  # training goes on, with its stages
     assert ff.stats.stages == 2
-    ff.add_param_group({"params": iter([model.frozen])})  # an iterator, read once: kept
-    assert adam.param_groups[-1]["params"] == [model.frozen]
+    group = {"params": iter([model.frozen])}  # an iterator, read once
+    ff.add_param_group(group)
+    assert adam.param_groups[-1] is group  # the caller's dict, filled in, as torch does
+    assert group["params"] == [model.frozen]
+    assert group["lr"] == 0.02
 
 
 @pytest.mark.parametrize(
@@ -780,7 +808,8 @@ def test_process_group_must_be_a_process_group(group):
     [
         (lambda model, batch: None, TypeError, "loss_fn must return a Python number"),
         (lambda model, batch: "0.5", TypeError, "loss_fn must return a Python number"),
-        (lambda model, batch: model(batch) ** 2, TypeError, "shape \\(4, 1\\).*reduction='none'"),
+        (lambda model, batch: model(batch)[:0], ValueError, "loss_fn returned an empty tensor"),
+        (lambda model, batch: model(batch) > 0, TypeError, "loss_fn returned a torch.bool"),
     ],
 )
 def test_validation_closure_names_loss_fn_when_it_returns_no_loss(loss_fn, error, message):
@@ -790,11 +819,24 @@ def test_validation_closure_names_loss_fn_when_it_returns_no_loss(loss_fn, error
         closure()
 
 
-def test_validation_closure_takes_python_numbers_and_one_element_tensors_as_losses():
+def test_validation_closure_averages_each_batch_s_losses_whatever_their_form():
     model = torch.nn.Linear(3, 1)
-    values = iter([0.25, torch.tensor([0.75]), np.float64(2.0)])
-    closure = validation_closure(model, [1, 2, 3], lambda m, b: next(values))
+    per_example = torch.tensor([[0.5], [1.0], [1.5], [1.0]], dtype=torch.float16)  # mean 1.0
+    values = iter([0.25, torch.tensor([0.75]), np.float64(2.0), per_example])
+    closure = validation_closure(model, [1, 2, 3, 4], lambda m, b: next(values))
     loss = closure()
     assert loss.shape == ()
     assert loss.dtype == torch.float32
-    assert loss.item() == 1.0  # (0.25 + 0.75 + 2.0) / 3, exact in float32
+    assert loss.item() == 1.0  # (0.25 + 0.75 + 2.0 + 1.0) / 4, exact in float32
+
+
+def test_validation_closure_names_the_model_output_when_its_loss_is_no_loss():
+    class Output:
+        loss = "low"
+
+    class Model(torch.nn.Module):
+        def forward(self, batch):
+            return Output()
+
+    with pytest.raises(TypeError, match=r"the model's forward \(its output's .loss\) must return"):
+        validation_closure(Model(), [1])()

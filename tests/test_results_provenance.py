@@ -27,6 +27,8 @@ def provenance_records(path: Path) -> list[dict[str, Any]]:
     """The provenance records ``path`` holds; raises ``KeyError`` where one is missing."""
     if path.suffix == ".json":
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise KeyError(f"a JSON {type(data).__name__}, not an object with a provenance")
         if path.name == "scan.json":  # predictor_scan: {run: {"provenance", "stages"}}
             return [run["provenance"] for run in data.values()]
         return [data["provenance"]]
@@ -83,6 +85,9 @@ def test_a_result_without_provenance_is_an_offender(tmp_path):
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"final_loss": 1.0}))
     with pytest.raises(KeyError, match="provenance"):
+        provenance_records(run)
+    run.write_text(json.dumps([{"provenance": {}}]))
+    with pytest.raises(KeyError, match="a JSON list"):
         provenance_records(run)
     made_by = harness.provenance(harness.TINY_MODEL)
     assert problems_with({**made_by, "commit": "c1a3c95"}) == [
