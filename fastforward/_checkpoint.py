@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fastforward._checks import _check_float, _check_int, _is_bool
+from fastforward._checks import _check_int, _is_bool, _saturated_float
 from fastforward._config import Config, Schedule, _saved_bool
 from fastforward._search import SearchStrategy
 from fastforward._stats import FastForwardStats
@@ -104,7 +104,7 @@ def _saved_pace(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"peak_pace must be a number or None, got {value!r}")
-    pace = _check_float("peak_pace", value)  # an int too large for a float: inf, refused
+    pace = _saturated_float(value)  # an int too large for a float: inf, refused below
     if not (math.isfinite(pace) and pace >= 0):
         raise ValueError(f"peak_pace must be a finite number >= 0, got {pace!r}")
     return pace
@@ -119,7 +119,7 @@ def _saved_reference(value: object) -> tuple[int, float] | None:
     step, loss = value
     if _is_bool(loss) or not isinstance(loss, (int, float)):
         raise TypeError(f"reference loss must be a number, got {loss!r}")
-    return _check_int("reference", step, 0), _check_float("reference loss", loss)
+    return _check_int("reference", step, 0), _saturated_float(loss)
 
 
 def _saved_clock(value: object) -> tuple[float, int] | None:
@@ -131,7 +131,7 @@ def _saved_clock(value: object) -> tuple[float, int] | None:
     seconds, steps = value
     if _is_bool(seconds) or not isinstance(seconds, (int, float)):
         raise ValueError(f"training_clock seconds must be a finite number >= 0, got {seconds!r}")
-    elapsed = _check_float("training_clock seconds", seconds)
+    elapsed = _saturated_float(seconds)
     if not 0 <= elapsed < math.inf:
         raise ValueError(f"training_clock seconds must be a finite number >= 0, got {elapsed!r}")
     return elapsed, _check_int("training_clock steps", steps, 0)

@@ -62,7 +62,7 @@ def _check_float(name: str, value: object) -> float:
     return _saturated_float(value)
 
 
-def _saturated_float(value: numbers.Real) -> float:
+def _saturated_float(value: float | numbers.Real) -> float:
     """``float(value)``, or ``±inf`` where it overflows (Python ints and fractions do)."""
     try:
         return float(value)
@@ -270,8 +270,8 @@ def _check_closure_signature(val_closure: Callable[..., object]) -> bool:
     return takes_stage
 
 
-def _check_owned_by(params: list[Tensor], model: nn.Module, whose: str = "the optimizer's") -> None:
-    """A stage evaluates ``model``, so it must move the model's own tensors, in place.
+def _check_movable(params: list[Tensor], model: nn.Module, whose: str = "the optimizer's") -> None:
+    """``params`` are tensors a stage can move: ``model``'s own (it evaluates ``model``), dense.
 
     Fails when the optimizer was built on another copy of the model, or holds copies of its
     own, e.g. the flat fp32 partitions that DeepSpeed ZeRO copies into the model after a step

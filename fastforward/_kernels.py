@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastforward._checks import _check_owned_by
+from fastforward._checks import _check_movable
 from fastforward._distributed import _local_shard
 
 
@@ -165,7 +165,7 @@ class StageBuffers:
         """Point the buffers at ``owners``; reallocate ``delta`` if their layout changed."""
         params = [_local_shard(p) for p in owners]
         if not self._laid_out_for(owners, params):
-            _check_owned_by(owners, model)
+            _check_movable(owners, model)
             self.owners, self._layout = owners, _layout(params)
             self.anchor = []
             self.delta = [torch.empty_like(p) for p in params]

@@ -56,9 +56,9 @@ def supersede_other_wrappers(optimizer: Optimizer, wrapper: Any) -> None:
     """
     hooks = optimizer._optimizer_step_pre_hooks
     for key, hook in list(hooks.items()):
-        if not isinstance(hook, BaseStepGuard) or hook.wrapper() is wrapper:
+        old = hook.wrapper() if isinstance(hook, BaseStepGuard) else wrapper
+        if old is wrapper:
             continue
-        old = hook.wrapper()
         del hooks[key]
         if old is not None:
             old._supersede()

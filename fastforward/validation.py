@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastforward._checks import _check_int, _checked_loss
+from fastforward._checks import _as_loss, _check_int
 from fastforward._modes import _eval_mode
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -65,11 +65,8 @@ def _batch_loss(value: object, source: str) -> Tensor:
             raise ValueError(f"fastforward: {source} returned an empty tensor, not a loss")
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"fastforward: {source} returned a {value.dtype} tensor, not a loss")
-        value = value.detach().float().mean()
-    checked = _checked_loss(value, source)
-    if isinstance(checked, Tensor):
-        return checked.float()
-    return torch.tensor(checked, dtype=torch.float32)
+        return value.detach().float().mean()
+    return torch.tensor(_as_loss(value, source), dtype=torch.float32)
 
 
 def validation_closure(

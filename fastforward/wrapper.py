@@ -21,7 +21,7 @@ from fastforward._checks import (
     _check_bool,
     _check_closure_signature,
     _check_kinds,
-    _check_owned_by,
+    _check_movable,
     _checked_loss,
     _refuse_deferred_parameter_updates,
     _refuse_flat_parameter_sharding,
@@ -245,7 +245,7 @@ class FastForward(Optimizer):
                 "fastforward: optimizer has no parameter with requires_grad=True; "
                 "pass the optimizer of the trainable (e.g. LoRA) parameters"
             )
-        _check_owned_by(trainable, model)
+        _check_movable(trainable, model)
         self.model, self.val_closure, self.on_stage = model, val_closure, on_stage
         self._closure_rotates = rotates
         self.config = config
@@ -386,7 +386,7 @@ class FastForward(Optimizer):
             listed = param_group["params"] = list(params)
         tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in listed]  # names
         trains = [p for p in tensors if isinstance(p, Tensor) and p.requires_grad]
-        _check_owned_by(trains, self.model, "the new group's")  # before the optimizer holds them
+        _check_movable(trains, self.model, "the new group's")  # before the optimizer holds them
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
